@@ -1,0 +1,165 @@
+"""``akto-ingest``: the operator's view of the queue and the dead-letter store.
+
+    akto-ingest status [--json]
+    akto-ingest dlq list [--limit N] [--json]
+    akto-ingest dlq show ID [--json]
+    akto-ingest dlq replay (--all | ID...) [--json]
+    akto-ingest dlq purge (--all | ID...) [--json]
+
+Reads ``REDIS_URL`` and ``AKTO_QUEUE_NAME`` like the hook and the worker (``--redis-url`` and
+``--queue`` override them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from arq.constants import health_check_key_suffix, in_progress_key_prefix
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from . import dlq
+from .config import QueueSettings
+from .errors import ConfigError, RecordError
+from .queue import dlq_key, inbox_key
+from .record import Record, now_ms
+
+SPOOL_STATUS_KEY_SUFFIX = ":spool"
+
+
+async def status(redis: Redis, queue: str) -> dict[str, Any]:
+    """Counts an operator needs to see whether records are flowing."""
+    now = now_ms()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcount(queue, "-inf", now)
+        pipe.zcount(queue, f"({now}", "+inf")
+        pipe.llen(inbox_key(queue))
+        pipe.lindex(inbox_key(queue), 0)
+        pipe.zrange(queue, 0, 0, withscores=True)
+        pipe.hlen(dlq_key(queue))
+        pipe.get(queue + health_check_key_suffix)
+        pipe.hgetall(queue + SPOOL_STATUS_KEY_SUFFIX)
+        ready, deferred, inbox, oldest_inbox, oldest_job, dead, health, spools = await pipe.execute()
+    in_progress = 0
+    async for _ in redis.scan_iter(match=in_progress_key_prefix + "*", count=1000):
+        in_progress += 1
+    oldest_ms = None
+    if oldest_inbox:
+        try:
+            oldest_ms = Record.from_json(oldest_inbox).created_ms
+        except RecordError:
+            oldest_ms = None
+    if oldest_job:
+        oldest_ms = min(x for x in (oldest_ms, int(oldest_job[0][1])) if x is not None)
+    return {
+        "queue": queue,
+        "inbox": int(inbox),
+        "ready_jobs": int(ready),
+        "deferred_jobs": int(deferred),
+        "in_progress_jobs": in_progress,
+        "dead_letters": int(dead),
+        "oldest_age_seconds": None if oldest_ms is None else round((now - oldest_ms) / 1000, 1),
+        "worker_heartbeat": health.decode() if isinstance(health, bytes) else health,
+        "spools": {k.decode(): json.loads(v) for k, v in spools.items()},
+    }
+
+
+def _print(data: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+    elif isinstance(data, dict):
+        width = max((len(str(k)) for k in data), default=0)
+        for key, value in data.items():
+            print(f"{key:<{width}}  {value}")
+    else:
+        print(data)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    settings = QueueSettings.load({"redis_url": args.redis_url, "queue_name": args.queue})
+    queue = settings.queue_name
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    try:
+        if args.command == "status":
+            _print(await status(redis, queue), args.json)
+            return 0
+        if args.dlq_command == "list":
+            letters = await dlq.get_many(redis, queue, await dlq.list_ids(redis, queue, limit=args.limit))
+            rows = [letter.model_dump(exclude={"record"}) for letter in letters]
+            if args.json:
+                _print(rows, True)
+            else:
+                print(f"{await dlq.count(redis, queue)} dead letter(s)")
+                for row in rows:
+                    failed = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["failed_ms"] / 1000))
+                    status_code = row["last_status"]
+                    detail = row["detail"][:80]
+                    print(f"{row['id']}  {failed}  {row['reason']}  status={status_code}  {detail}")
+            return 0
+        if args.dlq_command == "show":
+            found = await dlq.get_many(redis, queue, [args.id])
+            if not found:
+                print(f"no dead letter with id {args.id!r}", file=sys.stderr)
+                return 1
+            _print(found[0].model_dump(), args.json)
+            return 0
+        ids = await dlq.all_ids(redis, queue) if args.all else list(args.ids)
+        if not ids:
+            print("name dead-letter ids, or --all", file=sys.stderr)
+            return 2
+        action = dlq.replay if args.dlq_command == "replay" else dlq.purge
+        done = await action(redis, queue, ids)
+        verb = "replayed" if args.dlq_command == "replay" else "purged"
+        _print({verb: done}, args.json)
+        return 0
+    finally:
+        await redis.aclose()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="akto-ingest", description="Operate the Akto ingestion queue.")
+    parser.add_argument("--redis-url", help="default: $REDIS_URL or redis://127.0.0.1:6379/0")
+    parser.add_argument("--queue", help="default: $AKTO_QUEUE_NAME or akto:ingest")
+    commands = parser.add_subparsers(dest="command", required=True)
+    st = commands.add_parser("status", help="queue depth, retries, in-progress jobs, dead letters, spools")
+    st.add_argument("--json", action="store_true")
+    letters = commands.add_parser("dlq", help="the dead-letter store").add_subparsers(
+        dest="dlq_command", required=True
+    )
+    ls = letters.add_parser("list", help="dead letters, oldest first")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--json", action="store_true")
+    show = letters.add_parser("show", help="one dead letter with its record")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    for name, what in (
+        ("replay", "put records back on the queue unchanged"),
+        ("purge", "delete dead letters"),
+    ):
+        sub = letters.add_parser(name, help=what)
+        sub.add_argument("ids", nargs="*")
+        sub.add_argument("--all", action="store_true")
+        sub.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_run(args))
+    except ConfigError as exc:
+        print(f"akto-ingest: {exc}", file=sys.stderr)
+        return 2
+    except (RedisError, OSError) as exc:
+        print(f"akto-ingest: cannot reach Redis: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

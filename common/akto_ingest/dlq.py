@@ -1,0 +1,112 @@
+"""The dead-letter store: records Akto refused or that ran out of time, kept in Redis until an operator acts.
+
+Entries live in a hash (id -> entry JSON) with a sorted-set index by failure time. Neither has a TTL:
+a dead letter stays until it is replayed or purged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from .queue import dlq_index_key, dlq_key, inbox_key
+from .record import now_ms
+
+
+class DeadLetter(BaseModel):
+    """One record the worker gave up on, with why and when."""
+
+    id: str
+    record: str
+    reason: str
+    detail: str = ""
+    attempts: int = 0
+    created_ms: int | None = None
+    failed_ms: int
+    last_status: int | None = None
+
+
+def dead_letter_id(record_id: str | None, raw: str) -> str:
+    """The record's own id when it has one, so a record dead-lettered twice is kept once."""
+    return record_id or "raw-" + hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def make(
+    raw: str,
+    *,
+    record_id: str | None,
+    reason: str,
+    detail: str = "",
+    attempts: int = 0,
+    created_ms: int | None = None,
+    last_status: int | None = None,
+) -> DeadLetter:
+    return DeadLetter(
+        id=dead_letter_id(record_id, raw),
+        record=raw,
+        reason=reason,
+        detail=detail[:1000],
+        attempts=attempts,
+        created_ms=created_ms,
+        failed_ms=now_ms(),
+        last_status=last_status,
+    )
+
+
+async def put(redis: Redis, queue: str, letters: Iterable[DeadLetter]) -> int:
+    letters = list(letters)
+    if not letters:
+        return 0
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(dlq_key(queue), mapping={d.id: d.model_dump_json() for d in letters})
+        pipe.zadd(dlq_index_key(queue), {d.id: d.failed_ms for d in letters})
+        await pipe.execute()
+    return len(letters)
+
+
+async def count(redis: Redis, queue: str) -> int:
+    return int(await redis.hlen(dlq_key(queue)))  # type: ignore[misc]  # redis-py types sync|async
+
+
+async def list_ids(redis: Redis, queue: str, *, limit: int = 50, offset: int = 0) -> list[str]:
+    """Dead-letter ids, oldest failure first."""
+    ids = await redis.zrange(dlq_index_key(queue), offset, offset + limit - 1)
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+
+async def get_many(redis: Redis, queue: str, ids: list[str]) -> list[DeadLetter]:
+    if not ids:
+        return []
+    raws = await redis.hmget(dlq_key(queue), ids)  # type: ignore[misc]  # redis-py types sync|async
+    return [DeadLetter.model_validate_json(r) for r in raws if r is not None]
+
+
+async def replay(redis: Redis, queue: str, ids: list[str]) -> int:
+    """Put records back on the inbox unchanged and drop their dead-letter entries, atomically."""
+    letters = await get_many(redis, queue, ids)
+    if not letters:
+        return 0
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.rpush(inbox_key(queue), *[d.record for d in letters])
+        pipe.hdel(dlq_key(queue), *[d.id for d in letters])
+        pipe.zrem(dlq_index_key(queue), *[d.id for d in letters])
+        await pipe.execute()
+    return len(letters)
+
+
+async def all_ids(redis: Redis, queue: str) -> list[str]:
+    ids = await redis.zrange(dlq_index_key(queue), 0, -1)
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+
+async def purge(redis: Redis, queue: str, ids: list[str]) -> int:
+    if not ids:
+        return 0
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hdel(dlq_key(queue), *ids)
+        pipe.zrem(dlq_index_key(queue), *ids)
+        removed, _ = await pipe.execute()
+    return int(removed)

@@ -1,0 +1,131 @@
+"""The queue contract between the hook and the worker: Redis keys, the record push, and the job format.
+
+The hook does one ``RPUSH`` per record onto ``<queue>:inbox``. A worker moves records from the inbox
+into arq jobs of up to ``batch_size`` records with one atomic Lua script, so a record is always in
+exactly one place Redis persists: the inbox, a job, or the dead-letter store. Batching is what lets
+one worker process deliver thousands of records a second: arq spends about four round trips to
+claim a job, and that cost is now paid per batch, while retries and dead letters stay per record.
+
+Jobs are JSON. :func:`decode_job` never unpickles: anything that is not one of our JSON jobs is
+turned into a ``dead_letter_job`` call so the raw bytes land in the dead-letter store.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+
+from arq.constants import job_key_prefix
+from redis.asyncio import Redis
+
+from .record import now_ms
+
+DELIVER_FUNCTION = "deliver"
+DEAD_LETTER_FUNCTION = "dead_letter_job"
+JOB_FUNCTIONS = frozenset({DELIVER_FUNCTION, DEAD_LETTER_FUNCTION})
+
+
+def inbox_key(queue: str) -> str:
+    return f"{queue}:inbox"
+
+
+def dlq_key(queue: str) -> str:
+    return f"{queue}:dlq"
+
+
+def dlq_index_key(queue: str) -> str:
+    return f"{queue}:dlq:index"
+
+
+def heartbeat_key(queue: str) -> str:
+    return f"{queue}:workers"
+
+
+async def push(redis: Redis, queue: str, record_json: str) -> None:
+    """The hook's only Redis write: one round trip per record."""
+    await redis.rpush(inbox_key(queue), record_json)  # type: ignore[misc]  # redis-py types sync|async
+
+
+# KEYS: inbox, arq queue. ARGV: batch size, job id, now ms, job ttl ms, job key prefix.
+# The job JSON is assembled here as text because the records already are JSON strings; it must
+# stay in step with job_payload() below.
+_CLAIM_LUA = """
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #items == 0 then return 0 end
+redis.call('LTRIM', KEYS[1], #items, -1)
+local job = '{"t":1,"f":"deliver","a":[' .. cjson.encode(items) .. ',0],"k":{},"et":' .. ARGV[3] .. '}'
+redis.call('PSETEX', ARGV[5] .. ARGV[2], ARGV[4], job)
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+return #items
+"""
+
+
+class Claimer:
+    """Moves records from the inbox into arq jobs, atomically, in batches."""
+
+    def __init__(self, redis: Redis, queue: str, batch_size: int, job_ttl_ms: int) -> None:
+        self._redis = redis
+        self._queue = queue
+        self._batch_size = batch_size
+        self._job_ttl_ms = job_ttl_ms
+        self._script = redis.register_script(_CLAIM_LUA)
+
+    async def claim(self) -> int:
+        """Turn up to ``batch_size`` inbox records into one job; returns how many moved."""
+        moved = await self._script(
+            keys=[inbox_key(self._queue), self._queue],
+            args=[self._batch_size, new_job_id(), now_ms(), self._job_ttl_ms, job_key_prefix],
+        )
+        return int(moved)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def job_payload(records: list[str], attempt: int, enqueue_ms: int) -> bytes:
+    """The JSON job arq stores; the same shape as the claim script builds."""
+    return json.dumps(
+        {"t": 1, "f": DELIVER_FUNCTION, "a": [records, attempt], "k": {}, "et": enqueue_ms}
+    ).encode()
+
+
+async def enqueue_batch(
+    redis: Redis, queue: str, records: list[str], *, attempt: int, defer_ms: int, ttl_ms: int
+) -> str:
+    """Queue records as one job that runs ``defer_ms`` from now (used for retries and replays)."""
+    job_id = new_job_id()
+    run_at = now_ms() + defer_ms
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.psetex(job_key_prefix + job_id, ttl_ms + defer_ms, job_payload(records, attempt, now_ms()))
+        pipe.zadd(queue, {job_id: run_at})
+        await pipe.execute()
+    return job_id
+
+
+def encode_job(job: dict[str, Any]) -> bytes:
+    """arq's job serializer: JSON, never pickle."""
+    return json.dumps(job).encode()
+
+
+def decode_job(raw: bytes) -> dict[str, Any]:
+    """arq's job deserializer. Never raises: a job that is not ours becomes a dead-letter call."""
+    try:
+        job = json.loads(raw)
+        if isinstance(job, dict) and job.get("f") in JOB_FUNCTIONS and isinstance(job.get("a"), list):
+            job.setdefault("k", {})
+            job.setdefault("t", 1)
+            job.setdefault("et", now_ms())
+            return job
+        reason = "job is JSON but not an Akto ingest job"
+    except (ValueError, UnicodeDecodeError):
+        reason = "job is not JSON (a pickled or corrupt payload); it was not executed"
+    return {
+        "f": DEAD_LETTER_FUNCTION,
+        "a": [base64.b64encode(raw).decode(), reason],
+        "k": {},
+        "t": 1,
+        "et": now_ms(),
+    }

@@ -1,0 +1,122 @@
+"""Turning what LiteLLM hands a callback into a :class:`Record`.
+
+LiteLLM gives the pre-call hook the request ``data`` dict, and the logging callbacks a ``kwargs`` dict
+whose ``litellm_params.proxy_server_request`` holds the client's request and whose
+``standard_logging_object`` holds the assembled response (a streamed one too) or the error.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlparse
+
+from akto_ingest.config import OnFlagged
+from akto_ingest.record import Record
+
+# What Akto needs to see of the request body; LiteLLM's own additions (metadata with copies of the
+# headers, for one) stay out.
+REQUEST_FIELDS = ("model", "messages", "tools", "tool_choice", "functions", "input", "prompt")
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _request_body(body: Mapping[str, Any], fallback: Mapping[str, Any]) -> dict[str, Any]:
+    source = body or fallback
+    return {key: source[key] for key in REQUEST_FIELDS if source.get(key) is not None}
+
+
+def _metadata(meta: Mapping[str, Any]) -> dict[str, str]:
+    wanted = {
+        "user_id": meta.get("user_api_key_user_id"),
+        "team_id": meta.get("user_api_key_team_id"),
+        "key_alias": meta.get("user_api_key_alias"),
+        "end_user_id": meta.get("user_api_key_end_user_id"),
+    }
+    return {key: str(value) for key, value in wanted.items() if value is not None}
+
+
+def _path(request: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    url = request.get("url")
+    if isinstance(url, str) and url:
+        return urlparse(url).path or "/"
+    route = meta.get("user_api_key_request_route")
+    return route if isinstance(route, str) and route else "/v1/chat/completions"
+
+
+def _base(
+    *,
+    call_id: Any,
+    mode: OnFlagged,
+    request: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    fallback: Mapping[str, Any],
+) -> dict[str, Any]:
+    return {
+        "id": str(call_id or uuid.uuid4()),
+        "mode": mode,
+        "path": _path(request, meta),
+        "method": str(request.get("method") or "POST"),
+        "request_headers": _dict(request.get("headers")),
+        "request_body": _request_body(_dict(request.get("body")), fallback),
+        "client_ip": str(meta.get("requester_ip_address") or "127.0.0.1"),
+        "session_id": meta.get("session_id") or None,
+        "metadata": _metadata(meta),
+    }
+
+
+def from_request(data: Mapping[str, Any], mode: OnFlagged) -> Record:
+    """The record of a request as the pre-call hook sees it (no response yet)."""
+    meta = _dict(data.get("metadata")) or _dict(data.get("litellm_metadata"))
+    request = _dict(data.get("proxy_server_request"))
+    return Record(
+        **_base(call_id=data.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=data)
+    )
+
+
+def _from_log(kwargs: Mapping[str, Any], mode: OnFlagged) -> dict[str, Any]:
+    params = _dict(kwargs.get("litellm_params"))
+    slo = _dict(kwargs.get("standard_logging_object"))
+    meta = {**_dict(params.get("metadata")), **_dict(slo.get("metadata"))}
+    request = _dict(params.get("proxy_server_request"))
+    fallback = {"model": kwargs.get("model"), "messages": kwargs.get("messages") or slo.get("messages")}
+    base = _base(
+        call_id=kwargs.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=fallback
+    )
+    if slo.get("session_id") and not base["session_id"]:
+        base["session_id"] = str(slo["session_id"])
+    return base
+
+
+def from_success(kwargs: Mapping[str, Any], response: Any, mode: OnFlagged) -> Record:
+    """The record of a completed call; a streamed response arrives here once, assembled."""
+    slo = _dict(kwargs.get("standard_logging_object"))
+    body = slo.get("response")
+    if not isinstance(body, dict):
+        body = response.model_dump() if hasattr(response, "model_dump") else {}
+    return Record(**_from_log(kwargs, mode), response_body=body, status_code=200)
+
+
+def from_failure(kwargs: Mapping[str, Any], mode: OnFlagged) -> Record:
+    """The record of a call that failed at the LLM, with the error status the client got."""
+    slo = _dict(kwargs.get("standard_logging_object"))
+    error = _dict(slo.get("error_information"))
+    exception = kwargs.get("exception")
+    status = _status(error.get("error_code")) or _status(getattr(exception, "status_code", None)) or 500
+    message = error.get("error_message") or str(exception or "LLM call failed")
+    return Record(
+        **_from_log(kwargs, mode),
+        response_body={"error": {"message": str(message), "code": str(status)}},
+        status_code=status,
+    )
+
+
+def _status(value: Any) -> int | None:
+    try:
+        status = int(value)
+    except (TypeError, ValueError):
+        return None
+    return status if 100 <= status <= 599 else None

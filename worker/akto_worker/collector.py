@@ -1,0 +1,49 @@
+"""Background loops a worker runs beside arq: claiming inbox records into jobs, and backlog gauges."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from akto_ingest.queue import Claimer, inbox_key
+
+from . import metrics
+
+log = logging.getLogger("akto_worker")
+
+IDLE_POLL_SECONDS = 0.05
+GAUGE_INTERVAL_SECONDS = 5.0
+
+
+async def collect(claimer: Claimer, batch_size: int) -> None:
+    """Claim inbox records into jobs forever; sleeps briefly only when the inbox runs dry."""
+    while True:
+        try:
+            moved = await claimer.claim()
+        except RedisError as exc:
+            log.warning("cannot claim records from the inbox: %s", exc)
+            await asyncio.sleep(1)
+            continue
+        if moved < batch_size:
+            await asyncio.sleep(IDLE_POLL_SECONDS)
+
+
+async def report_backlog(redis: Redis, queue: str) -> None:
+    while True:
+        try:
+            now = int(time.time() * 1000)
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.zcount(queue, "-inf", now)
+                pipe.zcount(queue, f"({now}", "+inf")
+                pipe.llen(inbox_key(queue))
+                ready, deferred, inbox = await pipe.execute()
+            metrics.BACKLOG.labels("ready").set(ready)
+            metrics.BACKLOG.labels("deferred").set(deferred)
+            metrics.BACKLOG.labels("inbox").set(inbox)
+        except RedisError as exc:
+            log.warning("cannot read the queue backlog: %s", exc)
+        await asyncio.sleep(GAUGE_INTERVAL_SECONDS)

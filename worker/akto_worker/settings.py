@@ -1,0 +1,138 @@
+"""Builds arq's ``WorkerSettings`` from the environment: the single place the worker is configured."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from arq import func
+from arq.connections import RedisSettings
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from akto_ingest.akto_client import AktoClient
+from akto_ingest.config import AktoSettings, QueueSettings, WorkerConfig
+from akto_ingest.queue import Claimer, decode_job, encode_job
+
+from . import health
+from .collector import collect, report_backlog
+from .delivery import BATCH_BUDGET_SECONDS, Deliverer
+from .jobs import dead_letter_job, deliver
+from .state import WorkerState
+
+log = logging.getLogger("akto_worker")
+
+# arq cancels a job at its timeout and treats that as terminal, so the job's own budget
+# (BATCH_BUDGET_SECONDS) stays well below it. A killed worker's jobs become claimable again after
+# this timeout plus arq's 10 s, which keeps recovery under a minute.
+JOB_TIMEOUT_SECONDS = int(BATCH_BUDGET_SECONDS + 15)
+
+
+def redis_settings(url: str) -> RedisSettings:
+    """arq's Redis settings, riding out a Redis restart instead of letting the worker die."""
+    settings = RedisSettings.from_dsn(url)
+    settings.conn_retries = 30
+    settings.conn_retry_delay = 1
+    settings.retry_on_timeout = True
+    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError]
+    settings.retry = RedisRetry(ExponentialBackoff(cap=5, base=0.1), retries=20)
+    return settings
+
+
+async def check_redis_durability(redis: Redis) -> list[str]:
+    """Warnings for Redis settings that can lose queued records."""
+    warnings = []
+    try:
+        policy = (await redis.config_get("maxmemory-policy")).get("maxmemory-policy", "")
+        aof = (await redis.config_get("appendonly")).get("appendonly", "")
+        save = (await redis.config_get("save")).get("save", "")
+    except RedisError as exc:
+        return [f"cannot read Redis's configuration ({exc}); check maxmemory-policy and persistence by hand"]
+    if policy != "noeviction":
+        warnings.append(
+            f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis may evict queued records. "
+            "Set maxmemory-policy noeviction."
+        )
+    if aof != "yes" and not save:
+        warnings.append(
+            "Redis persistence is off (appendonly no, no save points): a Redis restart loses every "
+            "queued record. Turn on appendonly yes."
+        )
+    return warnings
+
+
+def build_worker_settings(env: Mapping[str, str] | None = None) -> type:
+    """Read and validate the configuration, then return the class arq's CLI runs."""
+    akto = AktoSettings.load(env=env)
+    queue = QueueSettings.load(env=env)
+    config = WorkerConfig.load(env=env)
+    background: list[asyncio.Task[None]] = []
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        redis: Redis = ctx["redis"]
+        for warning in await check_redis_durability(redis):
+            log.warning(warning)
+        client = AktoClient(akto, timeout=config.delivery_timeout, max_connections=config.concurrency)
+        ctx["akto_client"] = client
+        ctx["akto"] = WorkerState(Deliverer(client, akto, config), config, queue.queue_name)
+        state: WorkerState = ctx["akto"]
+        claimer = Claimer(redis, queue.queue_name, config.batch_size, state.job_ttl_ms)
+        background.append(asyncio.create_task(collect(claimer, config.batch_size)))
+        background.append(asyncio.create_task(report_backlog(redis, queue.queue_name)))
+        if config.metrics_port:
+            ctx["health"] = await health.serve(redis, config.metrics_port)
+        log.info(
+            "akto worker ready: queue=%s akto=%s mode=%s concurrency=%d batch=%d",
+            queue.queue_name,
+            akto.akto_base_url,
+            config.delivery_mode,
+            config.concurrency,
+            config.batch_size,
+        )
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        background.clear()
+        if "health" in ctx:
+            await ctx["health"].cleanup()
+        if "akto_client" in ctx:
+            await ctx["akto_client"].close()
+
+    # Enough batch jobs at once to keep every delivery slot busy, plus one claiming ahead.
+    max_jobs = max(2, -(-config.concurrency // config.batch_size) + 1)
+    return type(
+        "WorkerSettings",
+        (),
+        {
+            "functions": [
+                func(deliver, name="deliver", timeout=JOB_TIMEOUT_SECONDS),
+                func(dead_letter_job, name="dead_letter_job", timeout=JOB_TIMEOUT_SECONDS),
+            ],
+            "redis_settings": redis_settings(queue.redis_url),
+            "queue_name": queue.queue_name,
+            "max_jobs": max_jobs,
+            "job_timeout": JOB_TIMEOUT_SECONDS,
+            # Retries are ours (new deferred jobs); arq's own counter only guards crash loops.
+            "max_tries": 1_000_000,
+            "keep_result": 0,
+            "poll_delay": 0.05,
+            "job_serializer": encode_job,
+            "job_deserializer": decode_job,
+            "job_completion_wait": JOB_TIMEOUT_SECONDS,
+            "retry_jobs": True,
+            "health_check_interval": 10,
+            "on_startup": startup,
+            "on_shutdown": shutdown,
+        },
+    )
