@@ -37,9 +37,7 @@ def free_port() -> int:
 def start_redis(port: int, folder: str) -> subprocess.Popen[bytes]:
     server = shutil.which("redis-server")
     if server is None:
-        sys.exit(
-            "no Redis answers at $REDIS_URL and redis-server is not installed (apt-get install redis-server)"
-        )
+        sys.exit("no Redis answers at $REDIS_URL and redis-server is not installed (apt-get install redis-server)")
     proc = subprocess.Popen(
         [
             server,

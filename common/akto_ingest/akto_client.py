@@ -45,9 +45,7 @@ class AktoClient:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
             connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=self._tls_verify)
-            self._session = aiohttp.ClientSession(
-                connector=connector, headers=self._headers, timeout=self._timeout
-            )
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout)
             self._loop = loop
         return self._session
 

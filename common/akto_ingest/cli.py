@@ -129,9 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     st = commands.add_parser("status", help="queue depth, retries, in-progress jobs, dead letters, spools")
     st.add_argument("--json", action="store_true")
-    letters = commands.add_parser("dlq", help="the dead-letter store").add_subparsers(
-        dest="dlq_command", required=True
-    )
+    letters = commands.add_parser("dlq", help="the dead-letter store").add_subparsers(dest="dlq_command", required=True)
     ls = letters.add_parser("list", help="dead letters, oldest first")
     ls.add_argument("--limit", type=int, default=50)
     ls.add_argument("--json", action="store_true")

@@ -87,9 +87,7 @@ def new_job_id() -> str:
 
 def job_payload(records: list[str], attempt: int, enqueue_ms: int) -> bytes:
     """The JSON job arq stores; the same shape as the claim script builds."""
-    return json.dumps(
-        {"t": 1, "f": DELIVER_FUNCTION, "a": [records, attempt], "k": {}, "et": enqueue_ms}
-    ).encode()
+    return json.dumps({"t": 1, "f": DELIVER_FUNCTION, "a": [records, attempt], "k": {}, "et": enqueue_ms}).encode()
 
 
 async def enqueue_batch(

@@ -67,9 +67,7 @@ def check_size(body: dict[str, str]) -> int:
     """Return the envelope's encoded size; raise :class:`RecordTooLarge` when Akto would refuse it."""
     for key, value in body.items():
         if len(value.encode()) > MAX_STRING_BYTES:
-            raise RecordTooLarge(
-                f"field {key} is {len(value.encode())} bytes; Akto accepts {MAX_STRING_BYTES}"
-            )
+            raise RecordTooLarge(f"field {key} is {len(value.encode())} bytes; Akto accepts {MAX_STRING_BYTES}")
     size = len(json.dumps(body).encode())
     if size > MAX_RECORD_BYTES:
         raise RecordTooLarge(f"record is {size} bytes; Akto accepts {MAX_RECORD_BYTES}")

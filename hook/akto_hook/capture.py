@@ -72,9 +72,7 @@ def from_request(data: Mapping[str, Any], mode: OnFlagged) -> Record:
     """The record of a request as the pre-call hook sees it (no response yet)."""
     meta = _dict(data.get("metadata")) or _dict(data.get("litellm_metadata"))
     request = _dict(data.get("proxy_server_request"))
-    return Record(
-        **_base(call_id=data.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=data)
-    )
+    return Record(**_base(call_id=data.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=data))
 
 
 def _from_log(kwargs: Mapping[str, Any], mode: OnFlagged) -> dict[str, Any]:
@@ -83,9 +81,7 @@ def _from_log(kwargs: Mapping[str, Any], mode: OnFlagged) -> dict[str, Any]:
     meta = {**_dict(params.get("metadata")), **_dict(slo.get("metadata"))}
     request = _dict(params.get("proxy_server_request"))
     fallback = {"model": kwargs.get("model"), "messages": kwargs.get("messages") or slo.get("messages")}
-    base = _base(
-        call_id=kwargs.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=fallback
-    )
+    base = _base(call_id=kwargs.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=fallback)
     if slo.get("session_id") and not base["session_id"]:
         base["session_id"] = str(slo["session_id"])
     return base

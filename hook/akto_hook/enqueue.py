@@ -30,9 +30,7 @@ class Enqueuer:
             await asyncio.wait_for(push(self._redis, self._queue, record.to_json()), self._timeout)
         except (RedisError, OSError, TimeoutError) as exc:
             metrics.ENQUEUE_FAILURES.inc()
-            log.error(
-                "akto record not queued call_id=%s: Redis unavailable (%s)", record.id, exc or "timeout"
-            )
+            log.error("akto record not queued call_id=%s: Redis unavailable (%s)", record.id, exc or "timeout")
             return False
         metrics.ENQUEUED.inc()
         return True

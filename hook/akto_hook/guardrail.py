@@ -18,6 +18,7 @@ from fastapi import HTTPException
 from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.types.guardrails import GuardrailEventHooks
 
+from akto_ingest import logs
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings, HookSettings, QueueSettings
 from akto_ingest.errors import AktoError, ConfigError
@@ -66,6 +67,7 @@ class AktoGuardrail(CustomGuardrail):
     """
 
     def __init__(self, **kwargs: Any) -> None:
+        logs.setup("akto_hook")
         env = os.environ
         ours = {key: kwargs.pop(key) for key in list(kwargs) if key in OUR_KEYS}
         _resolve_on_flagged(ours, env)
@@ -96,13 +98,9 @@ class AktoGuardrail(CustomGuardrail):
     def _warn_about_modes(self) -> None:
         hooks = self._hooks()
         if self.settings.on_flagged == "block" and "pre_call" not in hooks:
-            log.warning(
-                "akto guardrail %s: on_flagged=block without mode pre_call never blocks", self.guardrail_name
-            )
+            log.warning("akto guardrail %s: on_flagged=block without mode pre_call never blocks", self.guardrail_name)
         if self.settings.on_flagged == "monitor" and "pre_call" in hooks:
-            log.warning(
-                "akto guardrail %s: on_flagged=monitor ignores pre_call; it never blocks", self.guardrail_name
-            )
+            log.warning("akto guardrail %s: on_flagged=monitor ignores pre_call; it never blocks", self.guardrail_name)
 
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
@@ -158,16 +156,12 @@ class AktoGuardrail(CustomGuardrail):
         data = {"metadata": params.get("metadata") or {}}
         return bool(self.should_run_guardrail(data=data, event_type=GuardrailEventHooks.post_call))
 
-    async def async_log_success_event(
-        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
-    ) -> None:
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """Runs after the client has its response: one Redis write, nothing else."""
         if self._wants(kwargs):
             await self._enqueuer.put(capture.from_success(kwargs, response_obj, self.settings.on_flagged))
 
-    async def async_log_failure_event(
-        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
-    ) -> None:
+    async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """A call that failed at the LLM is recorded with its error status; a call this guardrail
         blocked already has its record."""
         call_id = kwargs.get("litellm_call_id")

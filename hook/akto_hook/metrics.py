@@ -7,9 +7,7 @@ from prometheus_client import Counter, Histogram
 
 ENQUEUED = Counter("akto_hook_records_enqueued", "Records written to the Redis queue")
 ENQUEUE_FAILURES = Counter("akto_hook_enqueue_failures", "Record writes to Redis that failed or timed out")
-SPOOLED = Counter(
-    "akto_hook_records_spooled", "Records written to the local spool while Redis was unavailable"
-)
+SPOOLED = Counter("akto_hook_records_spooled", "Records written to the local spool while Redis was unavailable")
 CHECK_SECONDS = Histogram(
     "akto_hook_check_seconds",
     "Time of the inline Akto check (block mode)",

@@ -82,9 +82,7 @@ class Deliverer:
 
     async def _send_each(self, items: list[_Item], attempt: int, outcome: Outcome) -> None:
         akto_down = asyncio.Event()
-        tasks = {
-            asyncio.create_task(self._send_one(item, attempt, outcome, akto_down)): item for item in items
-        }
+        tasks = {asyncio.create_task(self._send_one(item, attempt, outcome, akto_down)): item for item in items}
         if not tasks:
             return
         _, late = await asyncio.wait(tasks, timeout=BATCH_BUDGET_SECONDS)
@@ -138,10 +136,7 @@ class Deliverer:
         if chunk:
             chunks.append(chunk)
         for chunk in chunks:
-            bodies = [
-                dict(i.body, publishToGuardrails=True) if i.record.mode == "monitor" else i.body
-                for i in chunk
-            ]
+            bodies = [dict(i.body, publishToGuardrails=True) if i.record.mode == "monitor" else i.body for i in chunk]
             try:
                 async with self._slots:
                     with metrics.AKTO_LATENCY.time():

@@ -30,9 +30,7 @@ async def deliver(ctx: dict[str, Any], records: list[str], attempt: int) -> dict
     redis = ctx["redis"]
     if ctx.get("job_try", 1) > MAX_JOB_RUNS:
         letters = [
-            dlq.make(
-                raw, record_id=None, reason="worker_crash_loop", detail=f"batch ran {MAX_JOB_RUNS} times"
-            )
+            dlq.make(raw, record_id=None, reason="worker_crash_loop", detail=f"batch ran {MAX_JOB_RUNS} times")
             for raw in records
         ]
         await _persist(redis, state, [], letters, attempt)

@@ -6,9 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 DELIVERED = Counter("akto_worker_records_delivered", "Records Akto accepted")
 RETRIED = Counter("akto_worker_records_retried", "Records scheduled for another try")
-DEAD_LETTERED = Counter(
-    "akto_worker_records_dead_lettered", "Records moved to the dead-letter store", ["reason"]
-)
+DEAD_LETTERED = Counter("akto_worker_records_dead_lettered", "Records moved to the dead-letter store", ["reason"])
 VIOLATIONS = Counter("akto_worker_violations", "Monitor-mode records Akto flagged")
 AKTO_LATENCY = Histogram(
     "akto_worker_akto_request_seconds",

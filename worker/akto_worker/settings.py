@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from akto_ingest import logs
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings, QueueSettings, WorkerConfig
 from akto_ingest.queue import Claimer, decode_job, encode_job
@@ -76,6 +77,7 @@ def build_worker_settings(env: Mapping[str, str] | None = None) -> type:
     background: list[asyncio.Task[None]] = []
 
     async def startup(ctx: dict[str, Any]) -> None:
+        logs.setup("akto_worker")
         redis: Redis = ctx["redis"]
         for warning in await check_redis_durability(redis):
             log.warning(warning)
