@@ -3,7 +3,6 @@ proxy with the hook, and arq workers. Shared by the integration tests, the demo 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -242,9 +241,10 @@ def start_proxy(
     redis_url: str,
     queue: str,
     env: Mapping[str, str] | None = None,
+    port: int | None = None,
 ) -> Proxy:
     """Start a LiteLLM proxy (does not wait: call :func:`wait_proxy`)."""
-    port = free_port()
+    port = port or free_port()
     config_path = log_dir / f"{name}.yaml"
     config_path.write_text(config_text)
     proc = spawn(
@@ -291,9 +291,3 @@ def start_worker(name: str, env: Mapping[str, str], log_dir: Path) -> Proc:
     if not proc.alive():
         raise RuntimeError(f"worker {name} exited:\n{proc.log()[-3000:]}")
     return proc
-
-
-@contextlib.contextmanager
-def temp_log_dir(prefix: str = "akto-stack-") -> Any:
-    folder = Path(tempfile.mkdtemp(prefix=prefix))
-    yield folder
