@@ -52,8 +52,7 @@ DEFAULT_TRIGGERS: Final[Mapping[str, str]] = {
 _EMPTY_BEHAVIOUR_ALIAS: Final = "empty"
 
 _UNAUTHORIZED_HTML: Final = (
-    b"<!doctype html><html><head><title>401 Unauthorized</title></head>"
-    b"<body><h1>Unauthorized</h1></body></html>"
+    b"<!doctype html><html><head><title>401 Unauthorized</title></head><body><h1>Unauthorized</h1></body></html>"
 )
 # Content-Type claims JSON on purpose: the nastier case for a client is a body that
 # lies about being JSON, not one that is honestly text.
@@ -196,9 +195,7 @@ def _message_id(envelope: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _check_envelope(
-    envelope: object, max_string: int, *, allow_bool: frozenset[str] = frozenset()
-) -> dict[str, Any]:
+def _check_envelope(envelope: object, max_string: int, *, allow_bool: frozenset[str] = frozenset()) -> dict[str, Any]:
     if not isinstance(envelope, dict):
         raise _Rejected(422, "record must be a JSON object")
     for key, value in envelope.items():
@@ -438,9 +435,7 @@ class FakeAkto:
         last_id: str | None = None
         for envelope in envelopes:
             message_id = _message_id(envelope)
-            self._records.append(
-                AktoRecord(endpoint, query, headers, envelope, received_at, message_id, ingested)
-            )
+            self._records.append(AktoRecord(endpoint, query, headers, envelope, received_at, message_id, ingested))
             if ingested:
                 self._ingested += 1
             if message_id is not None:
