@@ -35,6 +35,8 @@ ENV_NAMES: dict[str, str] = {
     "akto_metadata": "AKTO_METADATA",
     "tls_verify": "AKTO_TLS_VERIFY",
     "enqueue_timeout": "AKTO_ENQUEUE_TIMEOUT",
+    "spool_dir": "AKTO_SPOOL_DIR",
+    "spool_max_bytes": "AKTO_SPOOL_MAX_BYTES",
     "concurrency": "AKTO_WORKER_CONCURRENCY",
     "batch_size": "AKTO_BATCH_SIZE",
     "delivery_mode": "AKTO_DELIVERY_MODE",
@@ -167,6 +169,8 @@ class HookSettings(_Settings):
     # request path's critical latency even when it hangs.
     enqueue_timeout: float = Field(default=0.05, gt=0)
     akto_scope: Scope = "all"
+    spool_dir: str | None = None
+    spool_max_bytes: int = Field(default=1024**3, ge=1024 * 1024)
 
 
 class WorkerConfig(_Settings):

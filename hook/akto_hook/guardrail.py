@@ -12,6 +12,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
@@ -26,6 +27,7 @@ from akto_ingest.wire import envelope
 
 from . import capture, metrics
 from .enqueue import Enqueuer
+from .spool import default_dir
 
 log = logging.getLogger("akto_hook")
 
@@ -80,7 +82,13 @@ class AktoGuardrail(CustomGuardrail):
         super().__init__(**kwargs)
         self._warn_about_modes()
         self._akto = AktoClient(self.akto, timeout=self.settings.guardrail_timeout)
-        self._enqueuer = Enqueuer(self.queue.redis_url, self.queue.queue_name, self.settings.enqueue_timeout)
+        self._enqueuer = Enqueuer(
+            self.queue.redis_url,
+            self.queue.queue_name,
+            self.settings.enqueue_timeout,
+            Path(self.settings.spool_dir) if self.settings.spool_dir else default_dir(self.queue.queue_name),
+            self.settings.spool_max_bytes,
+        )
         self._blocked: OrderedDict[str, None] = OrderedDict()
         log.info(
             "akto guardrail %s loaded: on_flagged=%s fallback=%s akto=%s queue=%s",

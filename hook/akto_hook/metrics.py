@@ -13,5 +13,6 @@ CHECK_SECONDS = Histogram(
     "Time of the inline Akto check (block mode)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+SPOOL_DROPPED = Counter("akto_hook_spool_dropped", "Records dropped because the local spool was full")
 BLOCKED = Counter("akto_hook_blocked", "Requests blocked by an Akto verdict")
 FALLBACK = Counter("akto_hook_fallback", "Requests decided by unreachable_fallback", ["decision"])

@@ -43,7 +43,13 @@ def redis_settings(url: str) -> RedisSettings:
     settings.conn_retry_delay = 1
     settings.retry_on_timeout = True
     settings.retry_on_error = [RedisConnectionError, RedisTimeoutError]
-    settings.retry = RedisRetry(ExponentialBackoff(cap=5, base=0.1), retries=20)
+    # OSError too: a refused connection surfaces as the builtin ConnectionRefusedError, which
+    # redis-py's default retry does not cover. 60 tries capped at 5 s ride out about 5 minutes.
+    settings.retry = RedisRetry(
+        ExponentialBackoff(cap=5, base=0.1),
+        retries=60,
+        supported_errors=(RedisConnectionError, RedisTimeoutError, OSError),  # type: ignore[arg-type]
+    )
     return settings
 
 
