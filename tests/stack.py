@@ -124,6 +124,14 @@ class AktoAdmin:
         data = httpx.get(f"{self.url}/_admin/records", params={"limit": 1_000_000}, timeout=60).json()
         return list(data["records"])
 
+    def message_id_counts(self) -> dict[str, int]:
+        """Ingested records per message id."""
+        counts: dict[str, int] = {}
+        for record in self.records():
+            if record.get("ingested") and record.get("message_id"):
+                counts[record["message_id"]] = counts.get(record["message_id"], 0) + 1
+        return counts
+
     def records_for(self, call_id: str) -> list[dict[str, Any]]:
         return [r for r in self.records() if r.get("message_id") == call_id]
 

@@ -79,9 +79,19 @@ def _describe(exc: ValidationError) -> str:
             continue
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
-        shown = "<hidden>" if key == "akto_api_key" else repr(got)
+        shown = "<hidden>" if key == "akto_api_key" else repr(_mask_password(got))
         problems.append(f"{key}{env}: {msg}; got {shown}")
     return "invalid Akto guardrail configuration: " + "; ".join(problems)
+
+
+def _mask_password(value: Any) -> Any:
+    """A URL's password must not reach an error message or a log."""
+    if not isinstance(value, str) or "@" not in value:
+        return value
+    parsed = urlparse(value)
+    if parsed.password:
+        return value.replace(f":{parsed.password}@", ":***@", 1)
+    return value
 
 
 def _http_url(value: str) -> str:
@@ -164,10 +174,10 @@ class HookSettings(_Settings):
 
     on_flagged: OnFlagged = "block"
     unreachable_fallback: Fallback = "fail_closed"
-    guardrail_timeout: float = Field(default=5.0, gt=0)
+    guardrail_timeout: float = Field(default=5.0, gt=0, allow_inf_nan=False)
     # Seconds the hook waits for Redis before it gives up on a record write; keeps Redis off the
     # request path's critical latency even when it hangs.
-    enqueue_timeout: float = Field(default=0.05, gt=0)
+    enqueue_timeout: float = Field(default=0.05, gt=0, allow_inf_nan=False)
     akto_scope: Scope = "all"
     spool_dir: str | None = None
     spool_max_bytes: int = Field(default=1024**3, ge=1024 * 1024)
@@ -181,8 +191,8 @@ class WorkerConfig(_Settings):
     concurrency: int = Field(default=64, ge=1, le=10_000)
     batch_size: int = Field(default=100, ge=1, le=5_000)
     delivery_mode: DeliveryMode = "record"
-    delivery_timeout: float = Field(default=10.0, gt=0)
+    delivery_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
-    backoff_base: float = Field(default=1.0, gt=0)
-    backoff_max: float = Field(default=300.0, gt=0)
+    backoff_base: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    backoff_max: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     metrics_port: int = Field(default=9191, ge=0, le=65535)

@@ -84,17 +84,29 @@ async def get_many(redis: Redis, queue: str, ids: list[str]) -> list[DeadLetter]
     return [DeadLetter.model_validate_json(r) for r in raws if r is not None]
 
 
+# KEYS: dead-letter hash, its index, the inbox. ARGV: ids. Reading and moving in one script means
+# two operators replaying at once cannot queue a record twice.
+_REPLAY_LUA = """
+local moved = 0
+for _, id in ipairs(ARGV) do
+  local entry = redis.call('HGET', KEYS[1], id)
+  if entry then
+    redis.call('RPUSH', KEYS[3], cjson.decode(entry)['record'])
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+
 async def replay(redis: Redis, queue: str, ids: list[str]) -> int:
     """Put records back on the inbox unchanged and drop their dead-letter entries, atomically."""
-    letters = await get_many(redis, queue, ids)
-    if not letters:
+    if not ids:
         return 0
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.rpush(inbox_key(queue), *[d.record for d in letters])
-        pipe.hdel(dlq_key(queue), *[d.id for d in letters])
-        pipe.zrem(dlq_index_key(queue), *[d.id for d in letters])
-        await pipe.execute()
-    return len(letters)
+    moved = await redis.eval(_REPLAY_LUA, 3, dlq_key(queue), dlq_index_key(queue), inbox_key(queue), *ids)  # type: ignore[misc]  # redis-py types sync|async
+    return int(moved)
 
 
 async def all_ids(redis: Redis, queue: str) -> list[str]:

@@ -8,6 +8,7 @@ letters, Akto) can ever hold one.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -33,8 +34,10 @@ CREDENTIAL_HEADERS = frozenset(
 )
 
 
-def strip_credentials(headers: dict[str, Any]) -> dict[str, str]:
+def strip_credentials(headers: Any) -> dict[str, str]:
     """Lower-case header names and drop every header that can carry a credential."""
+    if not isinstance(headers, Mapping):
+        raise ValueError("headers must be an object")
     clean: dict[str, str] = {}
     for name, value in headers.items():
         key = str(name).lower()
@@ -77,6 +80,12 @@ class Record(BaseModel):
     blocked_reason: str | None = None
 
     _clean_request_headers = field_validator("request_headers", mode="before")(strip_credentials)
+
+    @field_validator("session_id", mode="before")
+    @classmethod
+    def _session_as_text(cls, value: Any) -> str | None:
+        return None if value is None or value == "" else str(value)
+
     _clean_response_headers = field_validator("response_headers", mode="before")(strip_credentials)
 
     def to_json(self) -> str:

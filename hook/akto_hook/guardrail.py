@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from akto_ingest import logs
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings, HookSettings, QueueSettings
 from akto_ingest.errors import AktoError, ConfigError
+from akto_ingest.record import Record
 from akto_ingest.wire import envelope
 
 from . import capture, metrics
@@ -118,7 +119,14 @@ class AktoGuardrail(CustomGuardrail):
             return data
         if not self.should_run_guardrail(data=data, event_type=GuardrailEventHooks.pre_call):
             return data
-        record = capture.from_request(data, "block")
+        try:
+            record = capture.from_request(data, "block")
+        except Exception as exc:
+            # Our own bug must not decide the request: treat it like an unanswerable check.
+            log.exception("akto check could not be built call_id=%s", data.get("litellm_call_id"))
+            return self._unreachable(
+                str(data.get("litellm_call_id")), AktoError(f"cannot build the check: {exc}"), data
+            )
         started = time.perf_counter()
         try:
             verdict = await self._akto.http_proxy(
@@ -167,7 +175,7 @@ class AktoGuardrail(CustomGuardrail):
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """Runs after the client has its response: one Redis write, nothing else."""
         if self._wants(kwargs):
-            await self._enqueuer.put(capture.from_success(kwargs, response_obj, self.settings.on_flagged))
+            await self._record(lambda: capture.from_success(kwargs, response_obj, self.settings.on_flagged), kwargs)
 
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """A call that failed at the LLM is recorded with its error status; a call this guardrail
@@ -177,7 +185,21 @@ class AktoGuardrail(CustomGuardrail):
             self._blocked.pop(call_id, None)
             return
         if self._wants(kwargs):
-            await self._enqueuer.put(capture.from_failure(kwargs, self.settings.on_flagged))
+            await self._record(lambda: capture.from_failure(kwargs, self.settings.on_flagged), kwargs)
+
+    async def _record(self, build: Callable[[], Record], kwargs: Mapping[str, Any]) -> None:
+        # LiteLLM swallows exceptions from logging callbacks; a capture bug must at least be loud.
+        try:
+            record = build()
+        except Exception:
+            metrics.CAPTURE_FAILURES.inc()
+            log.exception(
+                "akto record could not be built call_id=%s",
+                kwargs.get("litellm_call_id"),
+                extra={"call_id": kwargs.get("litellm_call_id")},
+            )
+            return
+        await self._enqueuer.put(record)
 
 
 __all__ = ["AktoGuardrail", "ConfigError"]

@@ -14,5 +14,6 @@ CHECK_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 SPOOL_DROPPED = Counter("akto_hook_spool_dropped", "Records dropped because the local spool was full")
+CAPTURE_FAILURES = Counter("akto_hook_capture_failures", "Calls whose record could not be built (a bug: see the log)")
 BLOCKED = Counter("akto_hook_blocked", "Requests blocked by an Akto verdict")
 FALLBACK = Counter("akto_hook_fallback", "Requests decided by unreachable_fallback", ["decision"])

@@ -15,9 +15,9 @@ from typing import Any
 from akto_ingest import dlq
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings, WorkerConfig
-from akto_ingest.errors import AktoError, AktoHTTPError, RecordError
+from akto_ingest.errors import AktoError, AktoHTTPError, RecordTooLarge
 from akto_ingest.record import Record, now_ms
-from akto_ingest.wire import MAX_BATCH_BYTES, check_size, envelope
+from akto_ingest.wire import MAX_BATCH_BYTES, batch_body, check_size, envelope
 
 from . import metrics
 from .retry import is_retryable
@@ -27,6 +27,8 @@ log = logging.getLogger("akto_worker")
 # A batch job must finish well inside arq's job timeout (see settings.py): whatever is still
 # in flight at this point is handed to the retry job instead of being cut off by arq.
 BATCH_BUDGET_SECONDS = 30.0
+PUBLISH_FLAG_BYTES = len(', "publishToGuardrails": true')
+BATCH_WRAPPER_BYTES = len(json.dumps(batch_body([])))
 
 
 @dataclass
@@ -72,10 +74,15 @@ class Deliverer:
                 record = Record.from_json(raw)
                 body = envelope(record, self._akto)
                 size = check_size(body)
-            except RecordError as exc:
-                record_id = _id_of(raw)
-                reason = "too_large" if "Akto accepts" in str(exc) else "invalid_record"
-                outcome.dead.append(dlq.make(raw, record_id=record_id, reason=reason, detail=str(exc)))
+            except RecordTooLarge as exc:
+                outcome.dead.append(
+                    dlq.make(
+                        raw, record_id=record.id, reason="too_large", detail=str(exc), created_ms=record.created_ms
+                    )
+                )
+                continue
+            except Exception as exc:  # one bad record must never fail its whole batch
+                outcome.dead.append(dead_letter_for(raw, reason="invalid_record", detail=str(exc)))
                 continue
             items.append(_Item(raw, record, body, size))
         return items
@@ -128,11 +135,13 @@ class Deliverer:
         size = 0
         chunks = []
         for item in items:
-            if chunk and size + item.size > MAX_BATCH_BYTES - 1024:
+            # Each record also costs a separator and, in monitor mode, its publishToGuardrails flag.
+            cost = item.size + 2 + (PUBLISH_FLAG_BYTES if item.record.mode == "monitor" else 0)
+            if chunk and size + cost > MAX_BATCH_BYTES - BATCH_WRAPPER_BYTES:
                 chunks.append(chunk)
                 chunk, size = [], 0
             chunk.append(item)
-            size += item.size
+            size += cost
         if chunk:
             chunks.append(chunk)
         for chunk in chunks:
@@ -191,11 +200,13 @@ class Deliverer:
         outcome.retry = keep
 
 
-def _id_of(raw: str) -> str | None:
-    """Best-effort id of a record that failed validation, so its dead letter is findable."""
+def dead_letter_for(raw: str, *, reason: str, detail: str, attempts: int = 0) -> dlq.DeadLetter:
+    """A dead letter for a raw queue entry, keyed by its record's id when one can be read."""
     try:
         value = json.loads(raw)
     except ValueError:
-        return None
-    record_id = value.get("id") if isinstance(value, dict) else None
-    return record_id if isinstance(record_id, str) and record_id else None
+        value = None
+    fields = value if isinstance(value, dict) else {}
+    record_id = fields.get("id") if isinstance(fields.get("id"), str) and fields.get("id") else None
+    created = fields.get("created_ms") if isinstance(fields.get("created_ms"), int) else None
+    return dlq.make(raw, record_id=record_id, reason=reason, detail=detail, attempts=attempts, created_ms=created)

@@ -14,6 +14,7 @@ from akto_ingest import dlq
 from akto_ingest.queue import enqueue_batch
 
 from . import metrics
+from .delivery import dead_letter_for
 from .retry import backoff_seconds
 from .state import WorkerState
 
@@ -30,7 +31,7 @@ async def deliver(ctx: dict[str, Any], records: list[str], attempt: int) -> dict
     redis = ctx["redis"]
     if ctx.get("job_try", 1) > MAX_JOB_RUNS:
         letters = [
-            dlq.make(raw, record_id=None, reason="worker_crash_loop", detail=f"batch ran {MAX_JOB_RUNS} times")
+            dead_letter_for(raw, reason="worker_crash_loop", detail=f"batch ran {MAX_JOB_RUNS} times", attempts=attempt)
             for raw in records
         ]
         await _persist(redis, state, [], letters, attempt)

@@ -1,0 +1,128 @@
+"""The dead-letter store: put, list, get, replay and purge."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+from akto_ingest import dlq
+from akto_ingest.queue import dlq_index_key, dlq_key, inbox_key
+from akto_ingest.record import now_ms
+
+QUEUE = "akto:dlqtest"
+
+
+def letter(record: str, record_id: str | None, failed_ms: int, **kw: Any) -> dlq.DeadLetter:
+    made = dlq.make(record, record_id=record_id, reason=kw.pop("reason", "rejected"), **kw)
+    return made.model_copy(update={"failed_ms": failed_ms})
+
+
+def test_make_fills_every_field() -> None:
+    before = now_ms()
+    made = dlq.make(
+        '{"id":"c1"}',
+        record_id="c1",
+        reason="rejected",
+        detail="x" * 5000,
+        attempts=3,
+        created_ms=17,
+        last_status=422,
+    )
+    assert made.id == "c1"
+    assert made.record == '{"id":"c1"}'
+    assert (made.reason, made.attempts, made.created_ms, made.last_status) == ("rejected", 3, 17, 422)
+    assert made.detail == "x" * 1000  # detail is bounded
+    assert before <= made.failed_ms <= now_ms()
+
+
+def test_dead_letter_id_without_record_id_is_a_stable_hash() -> None:
+    raw = "not a record"
+    expected = "raw-" + hashlib.sha256(raw.encode()).hexdigest()[:24]
+    assert dlq.dead_letter_id(None, raw) == expected
+    assert dlq.dead_letter_id("", raw) == expected
+    assert dlq.dead_letter_id("call-1", raw) == "call-1"
+
+
+async def test_put_list_get_round_trip(fake_redis: Any) -> None:
+    letters = [
+        letter('{"id":"b"}', "b", 2_000, last_status=422, attempts=1),
+        letter('{"id":"a"}', "a", 1_000),
+        letter("garbage", None, 3_000, reason="invalid_record"),
+    ]
+    assert await dlq.put(fake_redis, QUEUE, letters) == 3
+    assert await dlq.put(fake_redis, QUEUE, []) == 0
+
+    assert await dlq.count(fake_redis, QUEUE) == 3
+    ids = await dlq.list_ids(fake_redis, QUEUE)
+    assert ids == ["a", "b", dlq.dead_letter_id(None, "garbage")]  # oldest failure first
+    assert await dlq.list_ids(fake_redis, QUEUE, limit=1, offset=1) == ["b"]
+    assert await dlq.all_ids(fake_redis, QUEUE) == ids
+
+    got = await dlq.get_many(fake_redis, QUEUE, ["b", "missing", "a"])
+    assert got == [letters[0], letters[1]]
+    assert got[0].last_status == 422
+    assert await dlq.get_many(fake_redis, QUEUE, []) == []
+
+
+async def test_same_record_dead_lettered_twice_is_kept_once(fake_redis: Any) -> None:
+    await dlq.put(fake_redis, QUEUE, [letter("r-v1", "same", 1)])
+    await dlq.put(fake_redis, QUEUE, [letter("r-v2", "same", 2, reason="retries_exhausted")])
+    assert await dlq.count(fake_redis, QUEUE) == 1
+    [kept] = await dlq.get_many(fake_redis, QUEUE, ["same"])
+    assert (kept.record, kept.reason) == ("r-v2", "retries_exhausted")
+
+
+async def test_replay_puts_records_back_unchanged_and_removes_entries(fake_redis: Any) -> None:
+    record_a = '{"id":"a","mode":"block","request_body":{"x":"é/\\""}}'
+    record_b = '{"id":"b","mode":"monitor"}'
+    await fake_redis.rpush(inbox_key(QUEUE), "already-queued")
+    await dlq.put(
+        fake_redis,
+        QUEUE,
+        [letter(record_a, "a", 1), letter(record_b, "b", 2), letter("c", "c", 3)],
+    )
+
+    assert await dlq.replay(fake_redis, QUEUE, ["a", "b", "unknown"]) == 2
+
+    inbox = [r.decode() for r in await fake_redis.lrange(inbox_key(QUEUE), 0, -1)]
+    assert inbox == ["already-queued", record_a, record_b]
+    assert await dlq.all_ids(fake_redis, QUEUE) == ["c"]
+    assert await dlq.count(fake_redis, QUEUE) == 1
+    assert await dlq.replay(fake_redis, QUEUE, ["a"]) == 0
+    assert await fake_redis.llen(inbox_key(QUEUE)) == 3
+
+
+async def test_replay_with_real_redis_transaction(real_redis: Any, queue_name: str) -> None:
+    await dlq.put(real_redis, queue_name, [letter("rec-1", "r1", 1), letter("rec-2", "r2", 2)])
+    assert await dlq.replay(real_redis, queue_name, await dlq.all_ids(real_redis, queue_name)) == 2
+    assert await real_redis.lrange(inbox_key(queue_name), 0, -1) == [b"rec-1", b"rec-2"]
+    assert await real_redis.exists(dlq_key(queue_name), dlq_index_key(queue_name)) == 0
+
+
+async def test_purge_deletes_entries_and_reports_how_many(fake_redis: Any) -> None:
+    await dlq.put(fake_redis, QUEUE, [letter("1", "a", 1), letter("2", "b", 2), letter("3", "c", 3)])
+    assert await dlq.purge(fake_redis, QUEUE, ["a", "nope"]) == 1
+    assert await dlq.purge(fake_redis, QUEUE, []) == 0
+    assert await dlq.all_ids(fake_redis, QUEUE) == ["b", "c"]
+    assert await dlq.purge(fake_redis, QUEUE, await dlq.all_ids(fake_redis, QUEUE)) == 2
+    assert await dlq.count(fake_redis, QUEUE) == 0
+    assert await fake_redis.zcard(dlq_index_key(QUEUE)) == 0
+    assert await fake_redis.llen(inbox_key(QUEUE)) == 0  # purge never queues anything
+
+
+async def test_full_cycle_put_list_replay_purge(fake_redis: Any) -> None:
+    await dlq.put(fake_redis, QUEUE, [letter("keep", "k", 1), letter("drop", "d", 2)])
+    assert await dlq.purge(fake_redis, QUEUE, ["d"]) == 1
+    assert await dlq.replay(fake_redis, QUEUE, ["k"]) == 1
+    assert await fake_redis.lrange(inbox_key(QUEUE), 0, -1) == [b"keep"]
+    assert await dlq.count(fake_redis, QUEUE) == 0
+    assert await dlq.list_ids(fake_redis, QUEUE) == []
+
+
+async def test_concurrent_replays_queue_a_record_once(fake_redis: Any) -> None:
+    # Two operators running `akto-ingest dlq replay --all` at once.
+    await dlq.put(fake_redis, QUEUE, [letter("rec", "r1", 1)])
+    done = await asyncio.gather(dlq.replay(fake_redis, QUEUE, ["r1"]), dlq.replay(fake_redis, QUEUE, ["r1"]))
+    assert await fake_redis.lrange(inbox_key(QUEUE), 0, -1) == [b"rec"]
+    assert sum(done) == 1

@@ -1,0 +1,250 @@
+"""The arq job functions: retries become deferred jobs, dead letters land in the store."""
+
+from __future__ import annotations
+
+import base64
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import fakeredis
+import pytest
+from arq import Retry
+from arq.constants import job_key_prefix
+from redis.asyncio import Redis
+
+from akto_ingest import dlq
+from akto_ingest.config import WorkerConfig
+from akto_ingest.queue import DEAD_LETTER_FUNCTION, DELIVER_FUNCTION, decode_job
+from akto_ingest.record import now_ms
+from akto_worker import jobs
+from akto_worker.delivery import Deliverer
+from akto_worker.state import WorkerState
+from tests.fake_akto import FakeAkto
+
+MakeDeliverer = Callable[..., Deliverer]
+Factory = Callable[..., Any]
+QUEUE = "akto:jobs"
+
+CONFIG = {"backoff_base": 1.0, "backoff_max": 20.0, "retention_seconds": 3600}
+
+
+def make_ctx(redis: Any, deliverer: Deliverer, queue: str = QUEUE, job_try: int = 1) -> dict[str, Any]:
+    state = WorkerState(deliverer, WorkerConfig.load(CONFIG, env={}), queue)
+    return {"redis": redis, "akto": state, "job_try": job_try}
+
+
+async def queued_jobs(redis: Any, queue: str = QUEUE) -> list[tuple[float, dict[str, Any], int]]:
+    """(run-at score, decoded job, key ttl ms) of every job in the arq queue."""
+    out = []
+    for job_id, score in await redis.zrange(queue, 0, -1, withscores=True):
+        key = job_key_prefix + job_id.decode()
+        out.append((score, decode_job(await redis.get(key)), await redis.pttl(key)))
+    return out
+
+
+async def test_all_delivered_leaves_nothing_behind(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, fake_redis: Any
+) -> None:
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG))
+    records = [record_json(id="a"), record_json(id="b", mode="monitor")]
+
+    result = await jobs.deliver(ctx, records, 0)
+
+    assert result == {"delivered": 2, "retried": 0, "dead_lettered": 0}
+    assert await fake_redis.zcard(QUEUE) == 0
+    assert await dlq.count(fake_redis, QUEUE) == 0
+    assert sorted(fake_akto.message_ids()) == ["a", "b"]
+
+
+@pytest.mark.parametrize(("attempt", "low_ms", "high_ms"), [(0, 500, 1_000), (3, 4_000, 8_000), (9, 10_000, 20_000)])
+async def test_retries_become_one_deferred_job(
+    fake_akto: FakeAkto,
+    make_deliverer: MakeDeliverer,
+    record_json: Factory,
+    fake_redis: Any,
+    attempt: int,
+    low_ms: int,
+    high_ms: int,
+) -> None:
+    fake_akto.configure(status=503)
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG))
+    records = [record_json(id=f"r{i}") for i in range(4)]
+
+    before = now_ms()
+    result = await jobs.deliver(ctx, records, attempt)
+    after = now_ms()
+
+    assert result == {"delivered": 0, "retried": 4, "dead_lettered": 0}
+    [(score, job, ttl)] = await queued_jobs(fake_redis)
+    assert job["f"] == DELIVER_FUNCTION
+    assert sorted(job["a"][0]) == sorted(records)
+    assert job["a"][1] == attempt + 1
+    assert before + low_ms <= score <= after + high_ms
+    # fakeredis's expiry clock lags, so the TTL's lower bound is checked on real Redis below.
+    assert 0 < ttl <= ctx["akto"].job_ttl_ms + high_ms
+    assert await dlq.count(fake_redis, QUEUE) == 0
+
+
+async def test_the_retry_job_delivers_once_akto_recovers(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, fake_redis: Any
+) -> None:
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG))
+    fake_akto.configure(status=503)
+    await jobs.deliver(ctx, [record_json(id="r1"), record_json(id="r2")], 0)
+    [(_, job, _)] = await queued_jobs(fake_redis)
+
+    fake_akto.configure(status=None)
+    result = await jobs.deliver(ctx, *job["a"])
+
+    assert result == {"delivered": 2, "retried": 0, "dead_lettered": 0}
+    assert sorted(fake_akto.message_ids()) == ["r1", "r2"]
+
+
+async def test_rejected_records_land_in_the_dlq(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, fake_redis: Any
+) -> None:
+    fake_akto.configure(status=422)
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG))
+    records = {f"r{i}": record_json(id=f"r{i}") for i in range(3)}
+
+    result = await jobs.deliver(ctx, list(records.values()), 2)
+
+    assert result == {"delivered": 0, "retried": 0, "dead_lettered": 3}
+    assert await fake_redis.zcard(QUEUE) == 0
+    letters = await dlq.get_many(fake_redis, QUEUE, await dlq.all_ids(fake_redis, QUEUE))
+    assert {d.id: (d.record, d.reason, d.last_status, d.attempts) for d in letters} == {
+        rid: (raw, "rejected", 422, 3) for rid, raw in records.items()
+    }
+
+
+async def test_mixed_outcomes_are_split_between_retry_job_and_dlq(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, fake_redis: Any
+) -> None:
+    fake_akto.configure(status=503)
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG))
+    good = record_json(id="good")
+
+    result = await jobs.deliver(ctx, [good, "not json"], 0)
+
+    assert result == {"delivered": 0, "retried": 1, "dead_lettered": 1}
+    [(_, job, _)] = await queued_jobs(fake_redis)
+    assert job["a"] == [[good], 1]
+    [letter] = await dlq.get_many(fake_redis, QUEUE, await dlq.all_ids(fake_redis, QUEUE))
+    assert (letter.record, letter.reason) == ("not json", "invalid_record")
+
+
+async def test_retry_and_dlq_with_real_redis_transactions(
+    fake_akto: FakeAkto,
+    make_deliverer: MakeDeliverer,
+    record_json: Factory,
+    real_redis: Redis,
+    queue_name: str,
+) -> None:
+    fake_akto.configure(status=503)
+    ctx = make_ctx(real_redis, make_deliverer(fake_akto.url, **CONFIG), queue=queue_name)
+    good = record_json(id="good")
+
+    assert await jobs.deliver(ctx, [good, "{}"], 0) == {"delivered": 0, "retried": 1, "dead_lettered": 1}
+
+    [(score, job, ttl)] = await queued_jobs(real_redis, queue_name)
+    assert job["a"] == [[good], 1]
+    defer_ms = score - job["et"]
+    assert 450 <= defer_ms <= 1_000  # backoff of attempt 0 with base 1 s: 0.5-1 s
+    # The job key outlives its wait plus the retention period.
+    assert ctx["akto"].job_ttl_ms < ttl <= ctx["akto"].job_ttl_ms + 1_000
+    assert await dlq.count(real_redis, queue_name) == 1
+
+
+async def test_crash_looping_batch_is_dead_lettered_without_delivery(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, fake_redis: Any
+) -> None:
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG), job_try=jobs.MAX_JOB_RUNS + 1)
+    records = [record_json(id="a"), record_json(id="b")]
+
+    result = await jobs.deliver(ctx, records, 0)
+
+    assert result == {"dead_lettered": 2}
+    assert fake_akto.stats()["requests_total"] == 0
+    assert await fake_redis.zcard(QUEUE) == 0
+    letters = await dlq.get_many(fake_redis, QUEUE, await dlq.all_ids(fake_redis, QUEUE))
+    assert sorted(d.record for d in letters) == sorted(records)
+    assert {d.reason for d in letters} == {"worker_crash_loop"}
+    assert {d.detail for d in letters} == {f"batch ran {jobs.MAX_JOB_RUNS} times"}
+
+
+async def test_crash_loop_dead_letters_are_keyed_by_call_id(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, make_record: Factory, fake_redis: Any
+) -> None:
+    record = make_record(id="call-crash")
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG), job_try=jobs.MAX_JOB_RUNS + 1)
+
+    await jobs.deliver(ctx, [record.to_json()], 3)
+
+    assert await dlq.all_ids(fake_redis, QUEUE) == ["call-crash"]
+    [letter] = await dlq.get_many(fake_redis, QUEUE, ["call-crash"])
+    assert letter.created_ms == record.created_ms
+
+
+async def test_last_allowed_run_still_delivers(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, fake_redis: Any
+) -> None:
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG), job_try=jobs.MAX_JOB_RUNS)
+    assert await jobs.deliver(ctx, [record_json(id="a")], 0) == {
+        "delivered": 1,
+        "retried": 0,
+        "dead_lettered": 0,
+    }
+
+
+async def test_dead_letter_job_stores_raw_text(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, fake_redis: Any
+) -> None:
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG))
+    raw = '{"f": "something_else", "a": []}'
+
+    result = await jobs.dead_letter_job(ctx, base64.b64encode(raw.encode()).decode(), "not ours")
+
+    assert result == {"dead_lettered": 1}
+    [letter] = await dlq.get_many(fake_redis, QUEUE, await dlq.all_ids(fake_redis, QUEUE))
+    assert letter.record == raw
+    assert letter.reason == "undecodable_job"
+    assert letter.detail == "not ours"
+    assert letter.id == dlq.dead_letter_id(None, raw)
+    assert fake_akto.records == []
+
+
+async def test_pickled_job_ends_in_the_dlq_as_base64(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, fake_redis: Any
+) -> None:
+    # The path a pickled payload takes in the worker: decode_job, then the dead-letter function.
+    raw = pickle.dumps({"f": "deliver", "a": [["r"], 0]}, protocol=pickle.HIGHEST_PROTOCOL)
+    job = decode_job(raw)
+    assert job["f"] == DEAD_LETTER_FUNCTION
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG))
+
+    await jobs.dead_letter_job(ctx, *job["a"])
+
+    [letter] = await dlq.get_many(fake_redis, QUEUE, await dlq.all_ids(fake_redis, QUEUE))
+    assert letter.record == "base64:" + base64.b64encode(raw).decode()
+    assert base64.b64decode(letter.record.removeprefix("base64:")) == raw
+    assert "not JSON" in letter.detail
+
+
+async def test_redis_failure_while_persisting_asks_arq_to_rerun(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory
+) -> None:
+    server = fakeredis.FakeServer()
+    server.connected = False
+    broken = fakeredis.FakeAsyncRedis(server=server)
+    fake_akto.configure(status=503)
+    ctx = make_ctx(broken, make_deliverer(fake_akto.url, **CONFIG))
+
+    with pytest.raises(Retry) as info:
+        await jobs.deliver(ctx, [record_json(id="a")], 0)
+    assert info.value.defer_score == 5_000
+
+
+def test_job_ttl_outlives_retention_by_a_day() -> None:
+    state = WorkerState(None, WorkerConfig.load({"retention_seconds": 600}, env={}), QUEUE)  # type: ignore[arg-type]
+    assert state.job_ttl_ms == (600 + 86_400) * 1000

@@ -1,0 +1,230 @@
+"""The queue contract: job (de)serialisation that never unpickles, the claim script, deferred jobs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+from arq.constants import job_key_prefix
+
+from akto_ingest.queue import (
+    DEAD_LETTER_FUNCTION,
+    DELIVER_FUNCTION,
+    Claimer,
+    decode_job,
+    encode_job,
+    enqueue_batch,
+    inbox_key,
+    job_payload,
+    push,
+)
+from akto_ingest.record import now_ms
+
+# The marker file a malicious pickle would create; written only if something unpickles it.
+_TOUCH_SOURCE = "open({path!r}, 'w').write('pwned')"
+
+
+class Exploit:
+    """Unpickling this runs ``exec`` that writes a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (exec, (_TOUCH_SOURCE.format(path=str(self.path)),))
+
+
+# -- decode_job ------------------------------------------------------------------------------------
+
+
+def test_exploit_really_would_write_the_file(tmp_path: Path) -> None:
+    # Guard for the test below: the payload is live, so "no file" there means "not unpickled".
+    marker = tmp_path / "control"
+    pickle.loads(pickle.dumps(Exploit(marker)))
+    assert marker.read_text() == "pwned"
+
+
+def test_decode_job_never_unpickles(tmp_path: Path) -> None:
+    for protocol in (0, 2, pickle.HIGHEST_PROTOCOL):
+        marker = tmp_path / f"pwned-{protocol}"
+        raw = pickle.dumps(Exploit(marker), protocol=protocol)
+        job = decode_job(raw)
+        assert not marker.exists(), f"protocol {protocol} payload was executed"
+        assert job["f"] == DEAD_LETTER_FUNCTION
+        assert job["a"][0] == base64.b64encode(raw).decode()
+        assert base64.b64decode(job["a"][0]) == raw
+        assert "not JSON" in job["a"][1]
+        assert job["k"] == {}
+        assert job["t"] == 1
+        assert isinstance(job["et"], int)
+
+
+def test_decode_job_of_an_arq_pickled_job_is_a_dead_letter_call() -> None:
+    # What arq's default serializer would have written for a job of ours.
+    raw = pickle.dumps({"t": 1, "f": "deliver", "a": [["{}"], 0], "k": {}, "et": 1})
+    job = decode_job(raw)
+    assert job["f"] == DEAD_LETTER_FUNCTION
+    assert base64.b64decode(job["a"][0]) == raw
+
+
+def test_decode_job_json_that_is_not_our_job_is_a_dead_letter_call() -> None:
+    cases = [
+        b"[1, 2, 3]",
+        b'"deliver"',
+        b'{"f": "os.system", "a": ["rm -rf /"]}',
+        b'{"f": "deliver", "a": "not a list"}',
+        b'{"a": [[], 0]}',
+    ]
+    for raw in cases:
+        job = decode_job(raw)
+        assert job["f"] == DEAD_LETTER_FUNCTION, raw
+        assert job["a"] == [base64.b64encode(raw).decode(), "job is JSON but not an Akto ingest job"]
+
+
+def test_decode_job_of_invalid_utf8_is_a_dead_letter_call() -> None:
+    raw = b"\xff\xfe\x00garbage"
+    job = decode_job(raw)
+    assert job["f"] == DEAD_LETTER_FUNCTION
+    assert base64.b64decode(job["a"][0]) == raw
+
+
+def test_our_jobs_pass_through_unchanged() -> None:
+    raw = job_payload(['{"id":"a"}', '{"id":"b"}'], 3, 1_700_000_000_000)
+    assert decode_job(raw) == {
+        "t": 1,
+        "f": DELIVER_FUNCTION,
+        "a": [['{"id":"a"}', '{"id":"b"}'], 3],
+        "k": {},
+        "et": 1_700_000_000_000,
+    }
+    dead = encode_job({"f": DEAD_LETTER_FUNCTION, "a": ["eHg=", "why"], "k": {}, "t": 2, "et": 5})
+    assert decode_job(dead) == {"f": DEAD_LETTER_FUNCTION, "a": ["eHg=", "why"], "k": {}, "t": 2, "et": 5}
+
+
+def test_decode_job_fills_missing_optional_fields() -> None:
+    before = now_ms()
+    job = decode_job(b'{"f": "deliver", "a": [["r"], 0]}')
+    assert job["k"] == {}
+    assert job["t"] == 1
+    assert before <= job["et"] <= now_ms()
+
+
+def test_job_payload_shape_and_encode_job_is_json() -> None:
+    payload = job_payload(["r1", "r2"], 0, 123)
+    assert json.loads(payload) == {"t": 1, "f": "deliver", "a": [["r1", "r2"], 0], "k": {}, "et": 123}
+    assert encode_job({"x": [1]}) == b'{"x": [1]}'
+
+
+# -- Claimer (real Redis: it is a Lua script) ------------------------------------------------------
+
+
+def _records(n: int) -> list[str]:
+    # Quotes, slashes, backslashes and non-ASCII text check the Lua side's JSON encoding.
+    return [
+        json.dumps({"id": f"call-{i}", "mode": "block", "request_body": {"p": f'a/"b"\\c é {i}'}}) for i in range(n)
+    ]
+
+
+async def _jobs(redis: Any, queue: str) -> list[tuple[str, float, dict[str, Any]]]:
+    out = []
+    for job_id, score in await redis.zrange(queue, 0, -1, withscores=True):
+        key = job_key_prefix + job_id.decode()
+        raw = await redis.get(key)
+        assert raw is not None, f"job {key} is in the queue but has no payload"
+        out.append((job_id.decode(), score, decode_job(raw)))
+    return out
+
+
+async def test_claim_moves_one_batch_into_one_job_in_order(real_redis: Any, queue_name: str) -> None:
+    records = _records(7)
+    for record in records:
+        await push(real_redis, queue_name, record)
+    claimer = Claimer(real_redis, queue_name, batch_size=5, job_ttl_ms=60_000)
+    before = now_ms()
+
+    assert await claimer.claim() == 5
+
+    jobs = await _jobs(real_redis, queue_name)
+    assert len(jobs) == 1
+    job_id, score, job = jobs[0]
+    assert job["f"] == DELIVER_FUNCTION
+    assert job["a"] == [records[:5], 0]
+    assert job["k"] == {}
+    assert before <= job["et"] <= now_ms()
+    assert score == job["et"]
+    ttl = await real_redis.pttl(job_key_prefix + job_id)
+    assert 0 < ttl <= 60_000
+    remaining = await real_redis.lrange(inbox_key(queue_name), 0, -1)
+    assert [r.decode() for r in remaining] == records[5:]
+
+
+async def test_claim_takes_the_rest_then_reports_empty(real_redis: Any, queue_name: str) -> None:
+    records = _records(3)
+    for record in records:
+        await push(real_redis, queue_name, record)
+    claimer = Claimer(real_redis, queue_name, batch_size=2, job_ttl_ms=60_000)
+
+    assert await claimer.claim() == 2
+    assert await claimer.claim() == 1
+    assert await claimer.claim() == 0
+    assert await claimer.claim() == 0
+
+    jobs = await _jobs(real_redis, queue_name)
+    assert sorted(len(job["a"][0]) for _, _, job in jobs) == [1, 2]
+    claimed = [r for _, _, job in sorted(jobs, key=lambda j: -len(j[2]["a"][0])) for r in job["a"][0]]
+    assert claimed == records
+    assert await real_redis.llen(inbox_key(queue_name)) == 0
+
+
+async def test_claim_on_empty_inbox_creates_no_job(real_redis: Any, queue_name: str) -> None:
+    claimer = Claimer(real_redis, queue_name, batch_size=10, job_ttl_ms=60_000)
+    assert await claimer.claim() == 0
+    assert await real_redis.zcard(queue_name) == 0
+    assert await real_redis.exists(inbox_key(queue_name)) == 0
+
+
+async def test_claimed_single_record_is_still_a_list(real_redis: Any, queue_name: str) -> None:
+    await push(real_redis, queue_name, '{"id":"only"}')
+    assert await Claimer(real_redis, queue_name, batch_size=100, job_ttl_ms=1_000).claim() == 1
+    [(_, _, job)] = await _jobs(real_redis, queue_name)
+    assert job["a"] == [['{"id":"only"}'], 0]
+
+
+# -- enqueue_batch ---------------------------------------------------------------------------------
+
+
+async def test_enqueue_batch_defers_by_score(fake_redis: Any) -> None:
+    before = now_ms()
+    job_id = await enqueue_batch(fake_redis, "akto:q", ["r1", "r2"], attempt=4, defer_ms=30_000, ttl_ms=60_000)
+    after = now_ms()
+
+    score = await fake_redis.zscore("akto:q", job_id)
+    assert before + 30_000 <= score <= after + 30_000
+    job = decode_job(await fake_redis.get(job_key_prefix + job_id))
+    assert job["f"] == DELIVER_FUNCTION
+    assert job["a"] == [["r1", "r2"], 4]
+    assert before <= job["et"] <= after
+
+
+async def test_enqueue_batch_job_key_outlives_its_wait(real_redis: Any, queue_name: str) -> None:
+    # Real Redis: fakeredis's expiry clock lags by the time since it started.
+    job_id = await enqueue_batch(real_redis, queue_name, ["r"], attempt=1, defer_ms=30_000, ttl_ms=60_000)
+    ttl = await real_redis.pttl(job_key_prefix + job_id)
+    assert 89_000 < ttl <= 90_000  # ttl + defer
+    assert await real_redis.zcard(queue_name) == 1
+
+
+async def test_enqueue_batch_creates_distinct_jobs(fake_redis: Any) -> None:
+    a = await enqueue_batch(fake_redis, "akto:q", ["r"], attempt=1, defer_ms=0, ttl_ms=1_000)
+    b = await enqueue_batch(fake_redis, "akto:q", ["r"], attempt=1, defer_ms=5_000, ttl_ms=1_000)
+    assert a != b
+    assert [j.decode() for j in await fake_redis.zrange("akto:q", 0, -1)] == [a, b]
+
+
+async def test_push_appends_to_the_inbox(fake_redis: Any) -> None:
+    await push(fake_redis, "akto:q", "first")
+    await push(fake_redis, "akto:q", "second")
+    assert await fake_redis.lrange("akto:q:inbox", 0, -1) == [b"first", b"second"]

@@ -1,0 +1,340 @@
+"""The record schema and Akto's wire format: credential stripping, the envelope, verdicts and sizes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from akto_ingest.config import AktoSettings
+from akto_ingest.errors import AktoBadResponse, RecordError, RecordTooLarge
+from akto_ingest.record import SCHEMA_VERSION, Record, strip_credentials
+from akto_ingest.wire import (
+    MAX_RECORD_BYTES,
+    MAX_STRING_BYTES,
+    MESSAGE_ID_HEADER,
+    SESSION_ID_HEADER,
+    check_size,
+    envelope,
+    http_proxy_params,
+    parse_verdict,
+)
+
+AKTO = AktoSettings.load({"akto_base_url": "http://akto:9090", "akto_api_key": "k"}, env={})
+
+CREDENTIALS = {
+    "Authorization": "Bearer SECRET-litellm-master",
+    "Cookie": "session=SECRET-cookie",
+    "X-API-Key": "SECRET-x-api-key",
+    "Proxy-Authorization": "Basic SECRET-proxy",
+    "x-litellm-api-key": "SECRET-litellm-key",
+    "Anthropic-Api-Key": "SECRET-anthropic",
+    "my-vendor-api-key": "SECRET-vendor",
+    "set-cookie": "SECRET-set-cookie",
+    "api-key": "SECRET-azure",
+    "x-goog-api-key": "SECRET-goog",
+    "X-Amz-Security-Token": "SECRET-amz",
+}
+SAFE = {"Content-Type": "application/json", "User-Agent": "curl/8", "X-Request-Id": "r-1"}
+
+
+def make(**fields: object) -> Record:
+    values: dict[str, object] = {
+        "id": "chatcmpl-call-1",
+        "mode": "block",
+        "created_ms": 1_700_000_000_123,
+        "request_headers": {**CREDENTIALS, **SAFE},
+        "request_body": {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello"}]},
+        "response_body": {"choices": [{"message": {"role": "assistant", "content": "Hi"}}]},
+        "client_ip": "10.1.2.3",
+        "metadata": {"user_id": "u-1"},
+    }
+    values.update(fields)
+    return Record(**values)  # type: ignore[arg-type]
+
+
+# -- credentials ---------------------------------------------------------------------------------
+
+
+def test_strip_credentials_keeps_only_safe_headers_lower_cased() -> None:
+    assert strip_credentials({**CREDENTIALS, **SAFE}) == {
+        "content-type": "application/json",
+        "user-agent": "curl/8",
+        "x-request-id": "r-1",
+    }
+
+
+def test_record_never_holds_credential_headers_in_either_direction() -> None:
+    record = make(response_headers={"Set-Cookie": "s=1", "Content-Type": "application/json"})
+    assert record.request_headers == {
+        "content-type": "application/json",
+        "user-agent": "curl/8",
+        "x-request-id": "r-1",
+    }
+    assert record.response_headers == {"content-type": "application/json"}
+    # Decoding a queued record strips them too: the validator runs on every construction path.
+    raw = json.dumps({"id": "a", "mode": "block", "request_headers": CREDENTIALS})
+    assert Record.from_json(raw).request_headers == {}
+
+
+def test_no_credential_value_reaches_the_envelope() -> None:
+    text = json.dumps(envelope(make(), AKTO))
+    for name, value in CREDENTIALS.items():
+        assert value not in text, name
+        assert name.lower() not in text.lower(), name
+    headers = json.loads(envelope(make(), AKTO)["requestHeaders"])
+    assert headers == {
+        "content-type": "application/json",
+        "user-agent": "curl/8",
+        "x-request-id": "r-1",
+        MESSAGE_ID_HEADER: "chatcmpl-call-1",
+    }
+
+
+# -- envelope ------------------------------------------------------------------------------------
+
+
+def test_envelope_matches_the_reference_field_by_field() -> None:
+    record = make()
+    body = envelope(record, AKTO)
+    assert all(isinstance(v, str) for v in body.values()), body
+    expected_payload = {"body": json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello"}]})}
+    assert body == {
+        "path": "/v1/chat/completions",
+        "method": "POST",
+        "requestHeaders": body["requestHeaders"],  # checked separately above
+        "responseHeaders": json.dumps({"content-type": "application/json"}),
+        "requestPayload": json.dumps(expected_payload),
+        "responsePayload": json.dumps({"choices": [{"message": {"role": "assistant", "content": "Hi"}}]}),
+        "statusCode": "200",
+        "status": "200",
+        "time": "1700000000123",
+        "ip": "10.1.2.3",
+        "destIp": "127.0.0.1",
+        "type": "HTTP/1.1",
+        "akto_account_id": "1000000",
+        "akto_vxlan_id": "0",
+        "is_pending": "false",
+        "source": "MIRRORING",
+        "tag": json.dumps({"gen-ai": "Gen AI"}),
+        "metadata": json.dumps({"user_id": "u-1"}),
+        "contextSource": "AGENTIC",
+    }
+    # requestPayload is {"body": "<JSON string>"} and the inner string decodes to the request.
+    inner = json.loads(json.loads(body["requestPayload"])["body"])
+    assert inner["messages"][0]["content"] == "Hello"
+    assert json.loads(body["requestHeaders"])[MESSAGE_ID_HEADER] == "chatcmpl-call-1"
+
+
+def test_envelope_time_is_epoch_milliseconds() -> None:
+    record = Record(id="x", mode="monitor")
+    stamp = int(envelope(record, AKTO)["time"])
+    assert stamp == record.created_ms
+    assert 1_600_000_000_000 < stamp < 10_000_000_000_000  # ms, not seconds
+
+
+def test_envelope_session_header_account_ids_and_akto_metadata() -> None:
+    akto = AktoSettings.load(
+        {
+            "akto_base_url": "http://a",
+            "akto_api_key": "k",
+            "akto_account_id": 42,
+            "akto_vxlan_id": "7",
+            "context_source": "ENDPOINT",
+            "akto_metadata": {"policy_name": "p1"},
+        },
+        env={},
+    )
+    body = envelope(make(session_id="sess-9"), akto)
+    assert json.loads(body["requestHeaders"])[SESSION_ID_HEADER] == "sess-9"
+    assert body["akto_account_id"] == "42"
+    assert body["akto_vxlan_id"] == "7"
+    assert body["contextSource"] == "ENDPOINT"
+    assert body["akto_metadata"] == json.dumps({"policy_name": "p1"})
+    assert "akto_metadata" not in envelope(make(), AKTO)
+    assert SESSION_ID_HEADER not in json.loads(envelope(make(), AKTO)["requestHeaders"])
+
+
+def test_blocked_record_has_blocked_by_and_reason_in_response() -> None:
+    record = make(status_code=400, blocked_reason="Prompt injection detected")
+    body = envelope(record, AKTO)
+    assert json.loads(body["responsePayload"]) == {
+        "x-blocked-by": "Akto Guardrails",
+        "reason": "Prompt injection detected",
+    }
+    assert body["statusCode"] == "400"
+    assert body["status"] == "400"
+
+
+def test_no_response_body_is_empty_object() -> None:
+    body = envelope(make(response_body=None), AKTO)
+    assert body["responsePayload"] == "{}"
+    assert body["requestPayload"] != ""
+
+
+def test_http_proxy_params() -> None:
+    assert http_proxy_params(check_request=True, check_response=True, ingest=True) == {
+        "akto_connector": "litellm",
+        "guardrails": "true",
+        "response_guardrails": "true",
+        "ingest_data": "true",
+    }
+    assert http_proxy_params(check_request=False, check_response=False, ingest=True) == {
+        "akto_connector": "litellm",
+        "ingest_data": "true",
+    }
+    assert http_proxy_params(check_request=True, check_response=False, ingest=False) == {
+        "akto_connector": "litellm",
+        "guardrails": "true",
+    }
+
+
+# -- verdicts ------------------------------------------------------------------------------------
+
+
+def answer(result: object) -> dict[str, object]:
+    return {"success": True, "message": "ok", "data": {"success": True, "guardrailsResult": result}}
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"Allowed": False, "Reason": "Prompt injection detected", "behaviour": "block"},
+        {"allowed": False, "reason": "Prompt injection detected", "Behaviour": "block"},
+        {"allowed": False, "Reason": "Prompt injection detected", "behaviour": "BLOCK"},
+    ],
+)
+def test_verdict_reads_both_key_casings(result: dict[str, object]) -> None:
+    verdict = parse_verdict(answer(result))
+    assert verdict.allowed is False
+    assert verdict.reason == "Prompt injection detected"
+    assert verdict.behaviour == "block"
+    assert verdict.blocks is True
+    assert verdict.flagged is True
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"success": True, "message": "Request processed successfully", "data": {"success": True}},
+        {"success": True},
+        {"success": True, "data": None},
+        answer(None),
+        answer({"Reason": "", "Modified": False}),
+    ],
+)
+def test_missing_guardrails_result_means_allow(body: dict[str, object]) -> None:
+    verdict = parse_verdict(body)
+    assert verdict.allowed is True
+    assert verdict.blocks is False
+    assert verdict.flagged is False
+
+
+def test_allowed_verdict_with_fail_open() -> None:
+    verdict = parse_verdict(answer({"Allowed": True, "Reason": "", "failOpen": True}))
+    assert (verdict.allowed, verdict.blocks, verdict.flagged) == (True, False, False)
+
+
+@pytest.mark.parametrize("behaviour", ["alert", "warn", "Alert", "WARN"])
+def test_alert_and_warn_are_flagged_but_do_not_block(behaviour: str) -> None:
+    verdict = parse_verdict(answer({"Allowed": False, "Reason": "PII detected", "behaviour": behaviour}))
+    assert verdict.flagged is True
+    assert verdict.blocks is False
+    assert verdict.behaviour == behaviour.lower()
+    assert verdict.reason == "PII detected"
+
+
+@pytest.mark.parametrize("result", [{"Allowed": False, "behaviour": ""}, {"Allowed": False}])
+def test_empty_or_missing_behaviour_blocks(result: dict[str, object]) -> None:
+    verdict = parse_verdict(answer(result))
+    assert verdict.blocks is True
+    assert verdict.reason == ""
+
+
+@pytest.mark.parametrize("body", [[], "ok", 3, None, [{"data": {}}]])
+def test_non_object_answer_is_a_bad_response(body: object) -> None:
+    with pytest.raises(AktoBadResponse, match="expected a JSON object"):
+        parse_verdict(body)
+
+
+def test_non_object_guardrails_result_is_a_bad_response() -> None:
+    with pytest.raises(AktoBadResponse, match="guardrailsResult"):
+        parse_verdict(answer("blocked"))
+
+
+# -- sizes ---------------------------------------------------------------------------------------
+
+
+def test_check_size_returns_the_encoded_size() -> None:
+    body = envelope(make(), AKTO)
+    assert check_size(body) == len(json.dumps(body).encode())
+
+
+def test_check_size_rejects_a_300_kib_string() -> None:
+    record = make(request_body={"model": "m", "messages": [{"role": "user", "content": "a" * 300 * 1024}]})
+    with pytest.raises(RecordTooLarge, match=r"field requestPayload is \d+ bytes; Akto accepts 262144"):
+        check_size(envelope(record, AKTO))
+
+
+def test_check_size_counts_bytes_not_characters() -> None:
+    body = {"path": "é" * (MAX_STRING_BYTES // 2 + 1)}  # fewer characters than the limit, more bytes
+    with pytest.raises(RecordTooLarge, match="field path"):
+        check_size(body)
+
+
+def test_check_size_accepts_a_string_right_at_the_limit() -> None:
+    body = {"path": "a" * MAX_STRING_BYTES}
+    assert check_size(body) == MAX_STRING_BYTES + len('{"path": ""}')
+
+
+def test_check_size_rejects_a_3_mib_record_of_small_strings() -> None:
+    body = {f"f{i}": "b" * 200 * 1024 for i in range(16)}  # each string fine, 3.1 MiB in total
+    with pytest.raises(RecordTooLarge, match=f"record is \\d+ bytes; Akto accepts {MAX_RECORD_BYTES}"):
+        check_size(body)
+    assert isinstance(RecordTooLarge("x"), RecordError)
+
+
+# -- record decoding -------------------------------------------------------------------------------
+
+
+def test_record_json_round_trip_omits_none() -> None:
+    record = make(session_id=None, blocked_reason=None)
+    raw = record.to_json()
+    assert "session_id" not in json.loads(raw)
+    assert "blocked_reason" not in json.loads(raw)
+    assert Record.from_json(raw) == record
+    assert Record.from_json(raw.encode()) == record
+    assert json.loads(raw)["v"] == SCHEMA_VERSION
+
+
+def test_unknown_fields_from_a_newer_hook_are_ignored() -> None:
+    record = Record.from_json(json.dumps({"v": 2, "id": "a", "mode": "monitor", "new_field": [1]}))
+    assert (record.v, record.id, record.mode) == (2, "a", "monitor")
+
+
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        ('{"mode": "block"}', "id: Field required"),
+        ('{"id": "", "mode": "block"}', "id: String should have at least 1 character"),
+        ('{"id": "a"}', "mode: Field required"),
+        ('{"id": "a", "mode": "observe"}', "mode: Input should be 'block' or 'monitor'"),
+        ('{"id": "a", "mode": "block", "status_code": "abc"}', "status_code: "),
+        ('{"id": "a", "mode": "block", "request_body": [1]}', "request_body: "),
+        ('{"id": "a", "mode": "block", "metadata": {"k": [1]}}', "metadata.k: "),
+        ("[1, 2]", "record: Input should be an object"),
+        ("not json", "record: Invalid JSON"),
+    ],
+)
+def test_from_json_errors_name_the_field(raw: str, where: str) -> None:
+    with pytest.raises(RecordError) as info:
+        Record.from_json(raw)
+    assert str(info.value).startswith("not a valid record (")
+    assert where in str(info.value)
+
+
+@pytest.mark.parametrize("headers", [[], "x: y", 5])
+def test_from_json_rejects_non_object_headers_as_record_error(headers: object) -> None:
+    raw = json.dumps({"id": "a", "mode": "block", "request_headers": headers})
+    with pytest.raises(RecordError, match="request_headers"):
+        Record.from_json(raw)
