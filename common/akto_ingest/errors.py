@@ -5,8 +5,13 @@ class AktoIngestError(Exception):
     """Base class of every error this project raises on purpose."""
 
 
-class ConfigError(AktoIngestError, ValueError):
-    """A configuration value is missing or invalid; the message names the key and what it accepts."""
+class ConfigError(AktoIngestError):
+    """A configuration value is missing or invalid; the message names the key and what it accepts.
+
+    Deliberately not a ValueError: LiteLLM 1.108.7 catches ValueError and TypeError from a
+    guardrail's constructor and starts the proxy *without* that guardrail, which would leave traffic
+    unchecked. Any other exception stops the proxy at start, as a bad config must.
+    """
 
 
 class RecordError(AktoIngestError, ValueError):
