@@ -204,10 +204,21 @@ def new_redis(log_dir: Path, *, appendonly: bool = False) -> RedisServer:
     return server
 
 
-def litellm_config(example: Path, *, drop: tuple[str, ...] = (), extra: Mapping[str, Any] | None = None) -> str:
+PROMETHEUS_SETTINGS = {"callbacks": ["prometheus"], "require_auth_for_metrics_endpoint": False}
+
+
+def litellm_config(
+    example: Path,
+    *,
+    drop: tuple[str, ...] = (),
+    extra: Mapping[str, Any] | None = None,
+    litellm_settings: Mapping[str, Any] | None = None,
+) -> str:
     """An example config with the mock models added; ``drop``/``extra`` edit the guardrail's params."""
     config = yaml.safe_load(example.read_text())
     config["model_list"] = MOCK_MODELS
+    if litellm_settings:
+        config["litellm_settings"] = dict(litellm_settings)
     params = config["guardrails"][0]["litellm_params"]
     for key in drop:
         params.pop(key, None)

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.stack import (
+    PROMETHEUS_SETTINGS,
     REPO,
     AktoAdmin,
     Proc,
     Proxy,
     RedisServer,
+    free_port,
     litellm_config,
     new_redis,
     start_fake_akto,
@@ -41,6 +43,7 @@ class Stack:
     monitor: Proxy
     private_redis: RedisServer
     workers: dict[str, Proc]
+    worker_metrics_port: int
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +61,7 @@ def stack(log_dir: Path, redis_url: str) -> Iterator[Stack]:
         # The spec's block config as written: fail_open, 10 s timeout.
         "block_open": start_proxy(
             "proxy-block-open",
-            litellm_config(BLOCK_EXAMPLE),
+            litellm_config(BLOCK_EXAMPLE, litellm_settings=PROMETHEUS_SETTINGS),
             log_dir,
             akto_url=akto.url,
             redis_url=redis_url,
@@ -86,14 +89,25 @@ def stack(log_dir: Path, redis_url: str) -> Iterator[Stack]:
     try:
         for proxy in proxies.values():
             wait_proxy(proxy)
+        metrics_port = free_port()
         workers = {
             name: start_worker(
-                f"worker-{name}", worker_env(akto.url, proxy.redis_url, proxy.queue, **FAST_RETRY), log_dir
+                f"worker-{name}",
+                worker_env(
+                    akto.url,
+                    proxy.redis_url,
+                    proxy.queue,
+                    **FAST_RETRY,
+                    AKTO_WORKER_METRICS_PORT=str(metrics_port if name == "monitor" else 0),
+                ),
+                log_dir,
             )
             for name, proxy in proxies.items()
         }
         procs.extend(workers.values())
-        yield Stack(log_dir, akto, workers=workers, private_redis=private_redis, **proxies)
+        yield Stack(
+            log_dir, akto, workers=workers, private_redis=private_redis, worker_metrics_port=metrics_port, **proxies
+        )
     finally:
         for proc in reversed(procs):
             proc.stop(timeout=30)

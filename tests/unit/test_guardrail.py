@@ -74,7 +74,10 @@ def test_unrelated_litellm_kwargs_are_accepted() -> None:
         ({"akto_base_url": "http://a"}, "akto_api_key (env AKTO_API_KEY) is required"),
         ({**GOOD, "akto_base_url": "akto.internal"}, "akto_base_url (env AKTO_GUARDRAIL_API_BASE): must be an http"),
         ({**GOOD, "on_flagged": "log"}, "on_flagged (env AKTO_ON_FLAGGED): Input should be 'block' or 'monitor'"),
-        ({**GOOD, "unreachable_fallback": "maybe"}, "unreachable_fallback: Input should be 'fail_closed' or 'fail_open'"),
+        (
+            {**GOOD, "unreachable_fallback": "maybe"},
+            "unreachable_fallback: Input should be 'fail_closed' or 'fail_open'",
+        ),
         ({**GOOD, "guardrail_timeout": 0}, "guardrail_timeout: Input should be greater than 0"),
         ({**GOOD, "guardrail_timeout": "soon"}, "guardrail_timeout: Input should be a valid number"),
         ({**GOOD, "redis_url": "localhost:6379"}, "redis_url (env REDIS_URL): must be a redis://"),
