@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
+
+# Every log line about one record names it as call_id=<id>; JSON lines lift that into a field.
+CALL_ID = re.compile(r"call_id=([^\s,;]+)")
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,6 +23,9 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         call_id = getattr(record, "call_id", None)
+        if call_id is None:
+            found = CALL_ID.search(line["msg"])
+            call_id = found.group(1) if found else None
         if call_id is not None:
             line["call_id"] = call_id
         if record.exc_info:

@@ -43,9 +43,9 @@ def heartbeat_key(queue: str) -> str:
     return f"{queue}:workers"
 
 
-async def push(redis: Redis, queue: str, record_json: str) -> None:
-    """The hook's only Redis write: one round trip per record."""
-    await redis.rpush(inbox_key(queue), record_json)  # type: ignore[misc]  # redis-py types sync|async
+async def push(redis: Redis, queue: str, records_json: list[str]) -> None:
+    """The hook's only Redis write: one RPUSH, one round trip, for one record or a group of them."""
+    await redis.rpush(inbox_key(queue), *records_json)  # type: ignore[misc]  # redis-py types sync|async
 
 
 # KEYS: inbox, arq queue. ARGV: batch size, job id, now ms, job ttl ms, job key prefix.

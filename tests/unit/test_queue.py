@@ -141,7 +141,7 @@ async def _jobs(redis: Any, queue: str) -> list[tuple[str, float, dict[str, Any]
 async def test_claim_moves_one_batch_into_one_job_in_order(real_redis: Any, queue_name: str) -> None:
     records = _records(7)
     for record in records:
-        await push(real_redis, queue_name, record)
+        await push(real_redis, queue_name, [record])
     claimer = Claimer(real_redis, queue_name, batch_size=5, job_ttl_ms=60_000)
     before = now_ms()
 
@@ -164,7 +164,7 @@ async def test_claim_moves_one_batch_into_one_job_in_order(real_redis: Any, queu
 async def test_claim_takes_the_rest_then_reports_empty(real_redis: Any, queue_name: str) -> None:
     records = _records(3)
     for record in records:
-        await push(real_redis, queue_name, record)
+        await push(real_redis, queue_name, [record])
     claimer = Claimer(real_redis, queue_name, batch_size=2, job_ttl_ms=60_000)
 
     assert await claimer.claim() == 2
@@ -187,7 +187,7 @@ async def test_claim_on_empty_inbox_creates_no_job(real_redis: Any, queue_name: 
 
 
 async def test_claimed_single_record_is_still_a_list(real_redis: Any, queue_name: str) -> None:
-    await push(real_redis, queue_name, '{"id":"only"}')
+    await push(real_redis, queue_name, ['{"id":"only"}'])
     assert await Claimer(real_redis, queue_name, batch_size=100, job_ttl_ms=1_000).claim() == 1
     [(_, _, job)] = await _jobs(real_redis, queue_name)
     assert job["a"] == [['{"id":"only"}'], 0]
@@ -225,6 +225,6 @@ async def test_enqueue_batch_creates_distinct_jobs(fake_redis: Any) -> None:
 
 
 async def test_push_appends_to_the_inbox(fake_redis: Any) -> None:
-    await push(fake_redis, "akto:q", "first")
-    await push(fake_redis, "akto:q", "second")
+    await push(fake_redis, "akto:q", ["first"])
+    await push(fake_redis, "akto:q", ["second"])
     assert await fake_redis.lrange("akto:q:inbox", 0, -1) == [b"first", b"second"]

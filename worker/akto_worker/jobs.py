@@ -41,10 +41,11 @@ async def deliver(ctx: dict[str, Any], records: list[str], attempt: int) -> dict
     metrics.DELIVERED.inc(outcome.delivered)
     if outcome.retry:
         log.warning(
-            "akto delivery failed for %d record(s), attempt %d, retrying: %s",
+            "akto delivery failed for %d record(s), attempt %d, retrying: %s call_ids=%s",
             len(outcome.retry),
             attempt + 1,
             outcome.last_error,
+            ",".join(i.record.id for i in outcome.retry[:20]),
         )
     return {"delivered": outcome.delivered, "retried": len(outcome.retry), "dead_lettered": len(outcome.dead)}
 

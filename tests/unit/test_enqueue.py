@@ -1,0 +1,117 @@
+"""The hook's Redis write: group commit, the breaker, the spool and its replay."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from akto_hook import enqueue as enqueue_module
+from akto_hook.enqueue import Enqueuer
+from akto_ingest.queue import inbox_key
+from akto_ingest.record import Record
+
+from .conftest import REAL_REDIS_URL
+
+
+def rec(i: int) -> Record:
+    return Record(id=f"call-{i}", mode="block", request_body={"messages": [{"role": "user", "content": str(i)}]})
+
+
+async def inbox_ids(redis: Redis, queue: str) -> list[str]:
+    return [Record.from_json(raw).id for raw in await redis.lrange(inbox_key(queue), 0, -1)]
+
+
+async def test_concurrent_puts_share_round_trips_and_keep_order(
+    real_redis: Redis, queue_name: str, tmp_path: Path
+) -> None:
+    enqueuer = Enqueuer(REAL_REDIS_URL, queue_name, 0.5, tmp_path, 10 * 1024 * 1024)
+    pushes: list[int] = []
+    original = enqueuer._push_many
+
+    async def counting(lines: list[str]) -> None:
+        pushes.append(len(lines))
+        await original(lines)
+
+    enqueuer._push_many = counting  # type: ignore[method-assign]
+    try:
+        results = await asyncio.gather(*(enqueuer.put(rec(i)) for i in range(64)))
+        assert all(results)
+        assert await inbox_ids(real_redis, queue_name) == [f"call-{i}" for i in range(64)]
+        assert sum(pushes) == 64 and len(pushes) < 64, pushes
+    finally:
+        await enqueuer.close()
+
+
+async def test_redis_failure_spools_without_waiting_then_replays_in_order(
+    real_redis: Redis, queue_name: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(enqueue_module, "PROBE_INTERVAL_SECONDS", 0.05)
+    enqueuer = Enqueuer(REAL_REDIS_URL, queue_name, 0.05, tmp_path, 10 * 1024 * 1024)
+    healthy = enqueuer._push_many
+    down = True
+
+    async def flaky(lines: list[str]) -> None:
+        if down:
+            raise RedisConnectionError("Redis is down")
+        await healthy(lines)
+
+    enqueuer._push_many = flaky  # type: ignore[method-assign]
+    try:
+        assert await enqueuer.put(rec(0)) is False
+        started = time.monotonic()
+        for i in range(1, 20):
+            assert await enqueuer.put(rec(i)) is False
+        # The breaker is open: later records go straight to the spool, no Redis wait each.
+        assert time.monotonic() - started < 0.5
+        await asyncio.sleep(0.1)
+        assert segments(tmp_path)
+        assert await inbox_ids(real_redis, queue_name) == []
+        down = False
+        for _ in range(100):
+            if len(await inbox_ids(real_redis, queue_name)) == 20 and not enqueuer._breaker_open:
+                break
+            await asyncio.sleep(0.05)
+        assert await inbox_ids(real_redis, queue_name) == [f"call-{i}" for i in range(20)]
+        assert not segments(tmp_path)
+        assert await enqueuer.put(rec(20)) is True
+    finally:
+        await enqueuer.close()
+
+
+async def test_a_new_process_replays_what_an_earlier_one_spooled(
+    real_redis: Redis, queue_name: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(enqueue_module, "PROBE_INTERVAL_SECONDS", 0.05)
+    dead = Enqueuer("redis://127.0.0.1:1/0", queue_name, 0.05, tmp_path, 10 * 1024 * 1024)
+    for i in range(5):
+        await dead.put(rec(i))
+    await dead.close()
+    assert segments(tmp_path)
+
+    fresh = Enqueuer(REAL_REDIS_URL, queue_name, 0.05, tmp_path, 10 * 1024 * 1024)
+    try:
+        assert await fresh.put(rec(5)) is False  # spooled behind the older records, to keep order
+        for _ in range(100):
+            if len(await inbox_ids(real_redis, queue_name)) == 6:
+                break
+            await asyncio.sleep(0.05)
+        assert await inbox_ids(real_redis, queue_name) == [f"call-{i}" for i in range(6)]
+    finally:
+        await fresh.close()
+
+
+async def test_a_full_spool_drops_loudly_and_never_raises(tmp_path: Path, caplog: Any) -> None:
+    enqueuer = Enqueuer("redis://127.0.0.1:1/0", "akto:test:full", 0.05, tmp_path, 1024 * 1024)
+    big = Record(id="big", mode="block", request_body={"text": "x" * 400_000})
+    try:
+        results = [await enqueuer.put(big.model_copy(update={"id": f"big-{i}"})) for i in range(4)]
+    finally:
+        await enqueuer.close()
+    assert results == [False] * 4
+    assert enqueuer._spool.dropped >= 1
+    assert "spool full" in caplog.text and "DROPPED" in caplog.text
