@@ -23,7 +23,12 @@ def rec(i: int) -> Record:
 
 
 async def inbox_ids(redis: Redis, queue: str) -> list[str]:
-    return [Record.from_json(raw).id for raw in await redis.lrange(inbox_key(queue), 0, -1)]
+    raws = await redis.lrange(inbox_key(queue), 0, -1)  # type: ignore[misc]  # redis-py types sync|async
+    return [Record.from_json(raw).id for raw in raws]
+
+
+def segments(folder: Path) -> list[Path]:
+    return list(folder.glob("*.jsonl"))
 
 
 async def test_concurrent_puts_share_round_trips_and_keep_order(
