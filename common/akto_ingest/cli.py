@@ -27,10 +27,11 @@ from redis.exceptions import RedisError
 from . import dlq
 from .config import QueueSettings
 from .errors import ConfigError, RecordError
-from .queue import dlq_key, inbox_key
+from .queue import dlq_key, heartbeat_key, inbox_key, spool_status_key
 from .record import Record, now_ms
 
-SPOOL_STATUS_KEY_SUFFIX = ":spool"
+# Workers beat every 5 s; a worker unseen for a minute is gone or stuck.
+STALE_MS = 60_000
 
 
 async def status(redis: Redis, queue: str) -> dict[str, Any]:
@@ -44,8 +45,9 @@ async def status(redis: Redis, queue: str) -> dict[str, Any]:
         pipe.zrange(queue, 0, 0, withscores=True)
         pipe.hlen(dlq_key(queue))
         pipe.get(queue + health_check_key_suffix)
-        pipe.hgetall(queue + SPOOL_STATUS_KEY_SUFFIX)
-        ready, deferred, inbox, oldest_inbox, oldest_job, dead, health, spools = await pipe.execute()
+        pipe.hgetall(spool_status_key(queue))
+        pipe.hgetall(heartbeat_key(queue))
+        ready, deferred, inbox, oldest_inbox, oldest_job, dead, health, spools, beats = await pipe.execute()
     in_progress = 0
     async for _ in redis.scan_iter(match=in_progress_key_prefix + "*", count=1000):
         in_progress += 1
@@ -65,7 +67,11 @@ async def status(redis: Redis, queue: str) -> dict[str, Any]:
         "in_progress_jobs": in_progress,
         "dead_letters": int(dead),
         "oldest_age_seconds": None if oldest_ms is None else round((now - oldest_ms) / 1000, 1),
-        "worker_heartbeat": health.decode() if isinstance(health, bytes) else health,
+        "arq_health_check": health.decode() if isinstance(health, bytes) else health,
+        "workers": {
+            k.decode(): f"seen {round((now - int(v)) / 1000)} s ago" + (" (stale)" if now - int(v) > STALE_MS else "")
+            for k, v in sorted(beats.items())
+        },
         "spools": {k.decode(): json.loads(v) for k, v in spools.items()},
     }
 

@@ -40,7 +40,13 @@ def dlq_index_key(queue: str) -> str:
 
 
 def heartbeat_key(queue: str) -> str:
+    """Hash of worker (host:pid) -> last beat in epoch ms."""
     return f"{queue}:workers"
+
+
+def spool_status_key(queue: str) -> str:
+    """Hash of proxy process (host:pid) -> its spool figures as JSON."""
+    return f"{queue}:spool"
 
 
 async def push(redis: Redis, queue: str, records_json: list[str]) -> None:

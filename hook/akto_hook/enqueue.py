@@ -9,6 +9,7 @@ records reach the queue in the order they were captured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from akto_ingest.queue import push
+from akto_ingest.queue import push, spool_status_key
 from akto_ingest.record import Record, now_ms
 
 from . import metrics
@@ -27,7 +28,7 @@ from .spool import Spool
 log = logging.getLogger("akto_hook")
 
 PROBE_INTERVAL_SECONDS = 1.0
-SPOOL_STATUS_KEY_SUFFIX = ":spool"
+SPOOL_REPORT_EVERY = 10  # probe intervals between spool reports while Redis is healthy
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
@@ -130,9 +131,14 @@ class Enqueuer:
         await push(self._redis, self._queue, lines)
 
     async def _recover_forever(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(PROBE_INTERVAL_SECONDS)
+            ticks += 1
             if not self._breaker_open:
+                if ticks % SPOOL_REPORT_EVERY == 0:
+                    with contextlib.suppress(*REDIS_ERRORS):
+                        await asyncio.wait_for(self._report_spool(), 2)
                 continue
             try:
                 await asyncio.wait_for(self._redis.ping(), 2)
@@ -148,7 +154,7 @@ class Enqueuer:
     async def _report_spool(self) -> None:
         """Leave this process's spool figures in Redis for ``akto-ingest status``."""
         status = {"bytes": self._spool.size_estimate(), "dropped": self._spool.dropped, "updated_ms": now_ms()}
-        await self._redis.hset(self._queue + SPOOL_STATUS_KEY_SUFFIX, self._owner, json.dumps(status))
+        await self._redis.hset(spool_status_key(self._queue), self._owner, json.dumps(status))
 
     async def close(self) -> None:
         if self._batch:

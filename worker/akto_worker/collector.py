@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from akto_ingest.queue import Claimer, inbox_key
+from akto_ingest.queue import Claimer, heartbeat_key, inbox_key
 
 from . import metrics
 
@@ -33,6 +35,8 @@ async def collect(claimer: Claimer, batch_size: int) -> None:
 
 
 async def report_backlog(redis: Redis, queue: str) -> None:
+    """Every few seconds: the backlog gauges, and this worker's heartbeat for ``akto-ingest status``."""
+    me = f"{socket.gethostname()}:{os.getpid()}"
     while True:
         try:
             now = int(time.time() * 1000)
@@ -40,7 +44,8 @@ async def report_backlog(redis: Redis, queue: str) -> None:
                 pipe.zcount(queue, "-inf", now)
                 pipe.zcount(queue, f"({now}", "+inf")
                 pipe.llen(inbox_key(queue))
-                ready, deferred, inbox = await pipe.execute()
+                pipe.hset(heartbeat_key(queue), me, str(now))
+                ready, deferred, inbox, _ = await pipe.execute()
             metrics.BACKLOG.labels("ready").set(ready)
             metrics.BACKLOG.labels("deferred").set(deferred)
             metrics.BACKLOG.labels("inbox").set(inbox)

@@ -1,0 +1,57 @@
+"""``akto-ingest status`` and the worker's Redis durability warnings."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from akto_ingest import dlq
+from akto_ingest.cli import status
+from akto_ingest.queue import enqueue_batch, heartbeat_key, inbox_key, spool_status_key
+from akto_ingest.record import Record
+from akto_worker.settings import check_redis_durability
+
+
+async def test_status_counts_every_place_a_record_can_be(real_redis: Any, queue_name: str) -> None:
+    old = Record(id="old", mode="block", created_ms=int(time.time() * 1000) - 120_000)
+    await real_redis.rpush(inbox_key(queue_name), old.to_json(), Record(id="new", mode="block").to_json())
+    await enqueue_batch(real_redis, queue_name, ["{}"], attempt=0, defer_ms=0, ttl_ms=60_000)
+    await enqueue_batch(real_redis, queue_name, ["{}"], attempt=1, defer_ms=600_000, ttl_ms=60_000)
+    await dlq.put(real_redis, queue_name, [dlq.make("{}", record_id="dead", reason="rejected")])
+    now = int(time.time() * 1000)
+    await real_redis.hset(heartbeat_key(queue_name), mapping={"host:1": now, "host:2": now - 120_000})
+    await real_redis.hset(spool_status_key(queue_name), "proxy:7", json.dumps({"bytes": 42, "dropped": 0}))
+
+    result: dict[str, Any] = await status(real_redis, queue_name)
+
+    assert result["inbox"] == 2
+    assert result["ready_jobs"] == 1
+    assert result["deferred_jobs"] == 1
+    assert result["dead_letters"] == 1
+    assert 119 <= result["oldest_age_seconds"] <= 130
+    assert result["workers"]["host:1"].startswith("seen 0 s ago")
+    assert result["workers"]["host:2"].endswith("(stale)")
+    assert result["spools"] == {"proxy:7": {"bytes": 42, "dropped": 0}}
+    await real_redis.delete(heartbeat_key(queue_name), spool_status_key(queue_name))
+
+
+class _Config:
+    def __init__(self, **values: str) -> None:
+        self.values = values
+
+    async def config_get(self, name: str) -> dict[str, str]:
+        return {name: self.values[name]}
+
+
+async def test_worker_warns_about_eviction_and_missing_persistence() -> None:
+    config: Any = _Config(**{"maxmemory-policy": "volatile-lru", "appendonly": "no", "save": ""})
+    warnings = await check_redis_durability(config)
+    assert len(warnings) == 2
+    assert "maxmemory-policy is 'volatile-lru'" in warnings[0] and "noeviction" in warnings[0]
+    assert "persistence is off" in warnings[1]
+
+
+async def test_durable_redis_gets_no_warning() -> None:
+    config: Any = _Config(**{"maxmemory-policy": "noeviction", "appendonly": "yes", "save": ""})
+    assert await check_redis_durability(config) == []
