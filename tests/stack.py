@@ -155,7 +155,11 @@ def start_fake_akto(log_dir: Path, port: int | None = None, api_key: str = AKTO_
         log_dir,
     )
     admin = AktoAdmin(f"http://127.0.0.1:{port}")
-    wait_until(lambda: http_ok(f"{admin.url}/_admin/stats"), 30, what="the fake Akto to listen")
+    try:
+        wait_until(lambda: http_ok(f"{admin.url}/_admin/stats"), 30, what="the fake Akto to listen")
+    except TimeoutError:
+        proc.stop(signal.SIGKILL)
+        raise
     return proc, admin
 
 
@@ -306,7 +310,11 @@ def worker_env(akto_url: str, redis_url: str, queue: str, **extra: str) -> dict[
 
 def start_worker(name: str, env: Mapping[str, str], log_dir: Path) -> Proc:
     proc = spawn(name, [str(BIN / "arq"), "akto_worker.WorkerSettings"], env, log_dir)
-    wait_until(lambda: "akto worker ready" in proc.log() or not proc.alive(), 30, what=f"worker {name}")
+    try:
+        wait_until(lambda: "akto worker ready" in proc.log() or not proc.alive(), 30, what=f"worker {name}")
+    except TimeoutError:
+        proc.stop(signal.SIGKILL)
+        raise
     if not proc.alive():
         raise RuntimeError(f"worker {name} exited:\n{proc.log()[-3000:]}")
     return proc

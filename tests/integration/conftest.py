@@ -90,21 +90,12 @@ def stack(log_dir: Path, redis_url: str) -> Iterator[Stack]:
         for proxy in proxies.values():
             wait_proxy(proxy)
         metrics_port = free_port()
-        workers = {
-            name: start_worker(
-                f"worker-{name}",
-                worker_env(
-                    akto.url,
-                    proxy.redis_url,
-                    proxy.queue,
-                    **FAST_RETRY,
-                    AKTO_WORKER_METRICS_PORT=str(metrics_port if name == "monitor" else 0),
-                ),
-                log_dir,
-            )
-            for name, proxy in proxies.items()
-        }
-        procs.extend(workers.values())
+        workers: dict[str, Proc] = {}
+        for name, proxy in proxies.items():
+            port = metrics_port if name == "monitor" else 0
+            env = worker_env(akto.url, proxy.redis_url, proxy.queue, **FAST_RETRY, AKTO_WORKER_METRICS_PORT=str(port))
+            workers[name] = start_worker(f"worker-{name}", env, log_dir)
+            procs.append(workers[name])  # at once, so a later failure still stops it
         yield Stack(
             log_dir, akto, workers=workers, private_redis=private_redis, worker_metrics_port=metrics_port, **proxies
         )
