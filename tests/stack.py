@@ -208,6 +208,11 @@ def new_redis(log_dir: Path, *, appendonly: bool = False) -> RedisServer:
     return server
 
 
+BLOCK_EXAMPLE = REPO / "deploy" / "litellm" / "config.block.yaml"
+MONITOR_EXAMPLE = REPO / "deploy" / "litellm" / "config.monitor.yaml"
+# Tests retry fast; production defaults are 1 s doubling to 300 s, with a 10 s delivery timeout.
+FAST_RETRY = {"AKTO_BACKOFF_BASE": "0.2", "AKTO_BACKOFF_MAX": "1", "AKTO_DELIVERY_TIMEOUT": "2"}
+
 PROMETHEUS_SETTINGS = {"callbacks": ["prometheus"], "require_auth_for_metrics_endpoint": False}
 
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from tests.stack import (
-    REPO,
+    FAST_RETRY,
+    MONITOR_EXAMPLE,
     AktoAdmin,
     Proc,
     Proxy,
@@ -24,9 +25,6 @@ from tests.stack import (
     wait_proxy,
     worker_env,
 )
-
-MONITOR_EXAMPLE = REPO / "deploy" / "litellm" / "config.monitor.yaml"
-WORKER_ENV = {"AKTO_BACKOFF_BASE": "0.2", "AKTO_BACKOFF_MAX": "1", "AKTO_DELIVERY_TIMEOUT": "2"}
 
 RESULTS: list[dict[str, Any]] = []
 
@@ -42,7 +40,7 @@ class FaultStack:
 
     def add_worker(self) -> Proc:
         self.worker_count += 1
-        env = worker_env(self.akto.url, self.redis.url, self.proxy.queue, **WORKER_ENV)
+        env = worker_env(self.akto.url, self.redis.url, self.proxy.queue, **FAST_RETRY)
         proc = start_worker(f"fault-worker-{self.worker_count}", env, self.log_dir)
         self.workers.append(proc)
         return proc

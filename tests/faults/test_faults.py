@@ -176,26 +176,23 @@ def test_akto_down(fault_stack: FaultStack) -> None:
     _settle(fault_stack, "Akto down 10 s", traffic.ids, traffic, _never)
 
 
-def test_akto_erroring(fault_stack: FaultStack) -> None:
+@pytest.mark.parametrize(
+    ("fault", "during", "after"),
+    [
+        ("Akto 503 for 8 s", {"status": 503}, {"status": None}),
+        # Slower than the workers' 2 s delivery timeout: every try times out on our side.
+        ("Akto slower than timeout 8 s", {"delay_ms": 3000}, {"delay_ms": 0}),
+    ],
+)
+def test_akto_misbehaving(fault_stack: FaultStack, fault: str, during: dict[str, Any], after: dict[str, Any]) -> None:
     traffic = Traffic(fault_stack)
     with traffic.running():
         time.sleep(1)
-        fault_stack.akto.configure(status=503)
+        fault_stack.akto.configure(**during)
         time.sleep(8)
-        fault_stack.akto.configure(status=None)
+        fault_stack.akto.configure(**after)
         time.sleep(1)
-    _settle(fault_stack, "Akto 503 for 8 s", traffic.ids, traffic, _never)
-
-
-def test_akto_slow(fault_stack: FaultStack) -> None:
-    traffic = Traffic(fault_stack)
-    with traffic.running():
-        time.sleep(1)
-        fault_stack.akto.configure(delay_ms=3000)  # over the workers' 2 s delivery timeout
-        time.sleep(8)
-        fault_stack.akto.configure(delay_ms=0)
-        time.sleep(1)
-    _settle(fault_stack, "Akto slower than timeout 8 s", traffic.ids, traffic, _never)
+    _settle(fault_stack, fault, traffic.ids, traffic, _never)
 
 
 def test_worker_sigkill_mid_delivery(fault_stack: FaultStack) -> None:

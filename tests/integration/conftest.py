@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from tests.stack import (
+    BLOCK_EXAMPLE,
+    FAST_RETRY,
+    MONITOR_EXAMPLE,
     PROMETHEUS_SETTINGS,
-    REPO,
     AktoAdmin,
     Proc,
     Proxy,
@@ -26,12 +28,6 @@ from tests.stack import (
     wait_proxy,
     worker_env,
 )
-
-BLOCK_EXAMPLE = REPO / "deploy" / "litellm" / "config.block.yaml"
-MONITOR_EXAMPLE = REPO / "deploy" / "litellm" / "config.monitor.yaml"
-
-# Tests retry fast; production defaults are 1 s doubling to 300 s.
-FAST_RETRY = {"AKTO_BACKOFF_BASE": "0.2", "AKTO_BACKOFF_MAX": "1", "AKTO_DELIVERY_TIMEOUT": "2"}
 
 
 @dataclass
