@@ -285,6 +285,7 @@ def start_proxy(
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             "REDIS_URL": redis_url,
             "AKTO_QUEUE_NAME": queue,
+            "AKTO_SPOOL_DIR": str(log_dir / f"spool-{name}"),
             **(env or {}),
         },
         log_dir,
