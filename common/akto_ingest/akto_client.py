@@ -8,11 +8,10 @@ aiohttp, not httpx: measured on this project's 2-core machines, httpx's own tran
 from __future__ import annotations
 
 import asyncio
-import json
 from types import TracebackType
-from typing import Any
 
 import aiohttp
+import orjson
 
 from .config import AktoSettings
 from .errors import AktoBadResponse, AktoHTTPError, AktoUnreachable
@@ -49,9 +48,8 @@ class AktoClient:
             self._loop = loop
         return self._session
 
-    async def _post(self, path: str, payload: Any, params: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async def _post(self, path: str, data: bytes, params: dict[str, str] | None = None) -> tuple[int, bytes]:
         session = self._get_session()
-        data = json.dumps(payload)
         try:
             async with session.post(self._base + path, data=data, params=params) as resp:
                 return resp.status, await resp.read()
@@ -60,23 +58,22 @@ class AktoClient:
         except aiohttp.ClientError as exc:
             raise AktoUnreachable(f"cannot reach Akto: {exc}") from None
 
-    async def http_proxy(
-        self, envelope: dict[str, str], *, check_request: bool, check_response: bool, ingest: bool
-    ) -> Verdict:
-        """POST one record to ``/api/http-proxy``; returns Akto's verdict (allow when none ran)."""
+    async def http_proxy(self, envelope: bytes, *, check_request: bool, check_response: bool, ingest: bool) -> Verdict:
+        """POST one record (an envelope from :func:`wire.encode`) to ``/api/http-proxy``; returns
+        Akto's verdict (allow when no check ran)."""
         params = http_proxy_params(check_request=check_request, check_response=check_response, ingest=ingest)
         status, body = await self._post(HTTP_PROXY_PATH, envelope, params)
         if status != 200:
             raise AktoHTTPError(status, body.decode(errors="replace"))
         try:
-            decoded = json.loads(body)
-        except ValueError:
+            decoded = orjson.loads(body)
+        except orjson.JSONDecodeError:
             raise AktoBadResponse(f"Akto answered 200 with a body that is not JSON: {body[:120]!r}") from None
         return parse_verdict(decoded)
 
-    async def ingest_batch(self, envelopes: list[dict[str, Any]]) -> None:
-        """POST records to ``/api/ingestData``. Akto answers ``{"success": false}`` even on success,
-        so only the status code is judged."""
+    async def ingest_batch(self, envelopes: list[bytes]) -> None:
+        """POST encoded envelopes to ``/api/ingestData``. Akto answers ``{"success": false}`` even on
+        success, so only the status code is judged."""
         status, body = await self._post(INGEST_PATH, batch_body(envelopes))
         if status != 200:
             raise AktoHTTPError(status, body.decode(errors="replace"))

@@ -188,7 +188,7 @@ class WorkerConfig(_Settings):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    concurrency: int = Field(default=64, ge=1, le=10_000)
+    concurrency: int = Field(default=128, ge=1, le=10_000)
     batch_size: int = Field(default=100, ge=1, le=5_000)
     delivery_mode: DeliveryMode = "record"
     delivery_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False)

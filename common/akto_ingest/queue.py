@@ -13,10 +13,10 @@ turned into a ``dead_letter_job`` call so the raw bytes land in the dead-letter 
 from __future__ import annotations
 
 import base64
-import json
 import uuid
 from typing import Any
 
+import orjson
 from arq.constants import job_key_prefix
 from redis.asyncio import Redis
 
@@ -93,7 +93,7 @@ def new_job_id() -> str:
 
 def job_payload(records: list[str], attempt: int, enqueue_ms: int) -> bytes:
     """The JSON job arq stores; the same shape as the claim script builds."""
-    return json.dumps({"t": 1, "f": DELIVER_FUNCTION, "a": [records, attempt], "k": {}, "et": enqueue_ms}).encode()
+    return orjson.dumps({"t": 1, "f": DELIVER_FUNCTION, "a": [records, attempt], "k": {}, "et": enqueue_ms})
 
 
 async def enqueue_batch(
@@ -111,20 +111,20 @@ async def enqueue_batch(
 
 def encode_job(job: dict[str, Any]) -> bytes:
     """arq's job serializer: JSON, never pickle."""
-    return json.dumps(job).encode()
+    return orjson.dumps(job)
 
 
 def decode_job(raw: bytes) -> dict[str, Any]:
     """arq's job deserializer. Never raises: a job that is not ours becomes a dead-letter call."""
     try:
-        job = json.loads(raw)
+        job = orjson.loads(raw)
         if isinstance(job, dict) and job.get("f") in JOB_FUNCTIONS and isinstance(job.get("a"), list):
             job.setdefault("k", {})
             job.setdefault("t", 1)
             job.setdefault("et", now_ms())
             return job
         reason = "job is JSON but not an Akto ingest job"
-    except (ValueError, UnicodeDecodeError):
+    except orjson.JSONDecodeError:
         reason = "job is not JSON (a pickled or corrupt payload); it was not executed"
     return {
         "f": DEAD_LETTER_FUNCTION,

@@ -6,9 +6,10 @@ body is wrapped as ``{"body": "<json>"}``, and verdict keys change case between 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from .config import AktoSettings
 from .errors import AktoBadResponse, RecordTooLarge
@@ -40,10 +41,10 @@ def envelope(record: Record, akto: AktoSettings) -> dict[str, str]:
     body = {
         "path": record.path,
         "method": record.method,
-        "requestHeaders": json.dumps(headers),
-        "responseHeaders": json.dumps(record.response_headers),
-        "requestPayload": json.dumps({"body": json.dumps(record.request_body)}),
-        "responsePayload": json.dumps(response),
+        "requestHeaders": _text(headers),
+        "responseHeaders": _text(record.response_headers),
+        "requestPayload": _text({"body": _text(record.request_body)}),
+        "responsePayload": _text(response),
         "statusCode": status,
         "status": status,
         "time": str(record.created_ms),
@@ -54,24 +55,33 @@ def envelope(record: Record, akto: AktoSettings) -> dict[str, str]:
         "akto_vxlan_id": akto.akto_vxlan_id,
         "is_pending": "false",
         "source": "MIRRORING",
-        "tag": json.dumps({"gen-ai": "Gen AI"}),
-        "metadata": json.dumps(record.metadata),
+        "tag": _text({"gen-ai": "Gen AI"}),
+        "metadata": _text(record.metadata),
         "contextSource": akto.context_source,
     }
     if akto.akto_metadata:
-        body["akto_metadata"] = json.dumps(akto.akto_metadata)
+        body["akto_metadata"] = _text(akto.akto_metadata)
     return body
 
 
-def check_size(body: dict[str, str]) -> int:
-    """Return the envelope's encoded size; raise :class:`RecordTooLarge` when Akto would refuse it."""
+def _text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def encode(body: dict[str, str]) -> bytes:
+    """The envelope as sent, encoded once; raises :class:`RecordTooLarge` when Akto would refuse it."""
     for key, value in body.items():
-        if len(value.encode()) > MAX_STRING_BYTES:
+        if len(value) * 4 > MAX_STRING_BYTES and len(value.encode()) > MAX_STRING_BYTES:
             raise RecordTooLarge(f"field {key} is {len(value.encode())} bytes; Akto accepts {MAX_STRING_BYTES}")
-    size = len(json.dumps(body).encode())
-    if size > MAX_RECORD_BYTES:
-        raise RecordTooLarge(f"record is {size} bytes; Akto accepts {MAX_RECORD_BYTES}")
-    return size
+    encoded = orjson.dumps(body)
+    if len(encoded) > MAX_RECORD_BYTES:
+        raise RecordTooLarge(f"record is {len(encoded)} bytes; Akto accepts {MAX_RECORD_BYTES}")
+    return encoded
+
+
+def check_size(body: dict[str, str]) -> int:
+    """The envelope's encoded size; raises :class:`RecordTooLarge` when Akto would refuse it."""
+    return len(encode(body))
 
 
 def http_proxy_params(*, check_request: bool, check_response: bool, ingest: bool) -> dict[str, str]:
@@ -85,8 +95,19 @@ def http_proxy_params(*, check_request: bool, check_response: bool, ingest: bool
     return params
 
 
-def batch_body(envelopes: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"batchData": envelopes}
+BATCH_PREFIX = b'{"batchData":['
+BATCH_SUFFIX = b"]}"
+# Spliced into an encoded envelope (before its closing brace) to have Akto check it asynchronously.
+PUBLISH_FLAG = b',"publishToGuardrails":true'
+
+
+def batch_body(encoded: list[bytes]) -> bytes:
+    """An ``/api/ingestData`` body from envelopes already encoded by :func:`encode`."""
+    return BATCH_PREFIX + b",".join(encoded) + BATCH_SUFFIX
+
+
+def with_publish_flag(encoded: bytes) -> bytes:
+    return encoded[:-1] + PUBLISH_FLAG + b"}"
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ class Enqueuer:
         self._redis = Redis.from_url(redis_url, socket_connect_timeout=max(timeout, 1), socket_timeout=None)
         self._spool = Spool(spool_dir, spool_max_bytes)
         self._breaker_open = self._spool.pending()  # an earlier process left records: replay first
-        self._batch: list[tuple[str, str, asyncio.Future[bool]]] = []
+        self._group: _Group | None = None
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -73,28 +73,26 @@ class Enqueuer:
         if self._breaker_open:
             self._to_spool(line, record.id)
             return False
-        done: asyncio.Future[bool] = loop.create_future()
-        self._batch.append((line, record.id, done))
-        self._wakeup.set()
-        try:
-            return await asyncio.wait_for(asyncio.shield(done), self._timeout)
-        except TimeoutError:
-            return False
+        group = self._group
+        if group is None:
+            group = self._group = _Group(loop, self._timeout)
+            self._wakeup.set()
+        group.records.append((line, record.id))
+        return await group.done
 
     async def _flush_forever(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._batch:
-                batch, self._batch = self._batch, []
-                await self._send(batch)
+            while self._group is not None:
+                group, self._group = self._group, None
+                group.resolve(await self._send(group.records))
 
-    async def _send(self, batch: list[tuple[str, str, asyncio.Future[bool]]]) -> None:
-        delivered = False
+    async def _send(self, batch: list[tuple[str, str]]) -> bool:
+        """Push one group; on failure open the breaker and spool it. True when Redis has it."""
         if not self._breaker_open:
             try:
-                await asyncio.wait_for(self._push_many([line for line, _, _ in batch]), self._timeout)
-                delivered = True
+                await asyncio.wait_for(self._push_many([line for line, _ in batch]), self._timeout)
             except REDIS_ERRORS as exc:
                 self._breaker_open = True
                 metrics.ENQUEUE_FAILURES.inc(len(batch))
@@ -104,14 +102,12 @@ class Enqueuer:
                     self._spool.folder,
                     extra={"call_id": batch[0][1]},
                 )
-        if delivered:
-            metrics.ENQUEUED.inc(len(batch))
-        else:
-            for line, call_id, _ in batch:
-                self._to_spool(line, call_id)
-        for _, _, done in batch:
-            if not done.done():
-                done.set_result(delivered)
+            else:
+                metrics.ENQUEUED.inc(len(batch))
+                return True
+        for line, call_id in batch:
+            self._to_spool(line, call_id)
+        return False
 
     def _to_spool(self, line: str, call_id: str) -> None:
         if self._spool.append(line):
@@ -157,10 +153,30 @@ class Enqueuer:
         await self._redis.hset(spool_status_key(self._queue), self._owner, json.dumps(status))
 
     async def close(self) -> None:
-        if self._batch:
-            await self._send(self._batch)
-            self._batch = []
+        if self._group is not None:
+            group, self._group = self._group, None
+            group.resolve(await self._send(group.records))
         for task in self._tasks:
             task.cancel()
         self._spool.seal()
         await self._redis.aclose()
+
+
+class _Group:
+    """Records captured while the previous push was in flight; they go out in one RPUSH.
+
+    One future and one timer per group, not per record, so under load a put costs an append.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.records: list[tuple[str, str]] = []
+        self.done: asyncio.Future[bool] = loop.create_future()
+        self._timer = loop.call_later(timeout, self._settle, False)
+
+    def _settle(self, value: bool) -> None:
+        if not self.done.done():
+            self.done.set_result(value)
+
+    def resolve(self, delivered: bool) -> None:
+        self._timer.cancel()
+        self._settle(delivered)

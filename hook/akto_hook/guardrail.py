@@ -22,9 +22,9 @@ from litellm.types.guardrails import GuardrailEventHooks
 from akto_ingest import logs
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings, HookSettings, QueueSettings
-from akto_ingest.errors import AktoError, ConfigError
+from akto_ingest.errors import AktoError, ConfigError, RecordTooLarge
 from akto_ingest.record import Record
-from akto_ingest.wire import envelope
+from akto_ingest.wire import encode, envelope
 
 from . import capture, metrics
 from .enqueue import Enqueuer
@@ -121,6 +121,10 @@ class AktoGuardrail(CustomGuardrail):
             return data
         try:
             record = capture.from_request(data, "block")
+            check = encode(envelope(record, self.akto))
+        except RecordTooLarge as exc:
+            # Akto would refuse it (the spec's "Akto returns error" row): the fallback decides.
+            return self._unreachable(str(data.get("litellm_call_id")), AktoError(str(exc)), data)
         except Exception as exc:
             # Our own bug must not decide the request: treat it like an unanswerable check.
             log.exception("akto check could not be built call_id=%s", data.get("litellm_call_id"))
@@ -129,9 +133,7 @@ class AktoGuardrail(CustomGuardrail):
             )
         started = time.perf_counter()
         try:
-            verdict = await self._akto.http_proxy(
-                envelope(record, self.akto), check_request=True, check_response=False, ingest=False
-            )
+            verdict = await self._akto.http_proxy(check, check_request=True, check_response=False, ingest=False)
         except AktoError as exc:
             return self._unreachable(record.id, exc, data)
         finally:

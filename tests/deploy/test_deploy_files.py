@@ -254,7 +254,7 @@ def test_env_example_lists_the_contract_without_secrets(env_example):
     assert env_example["AKTO_ACCOUNT_ID"] == "1000000"
     assert env_example["AKTO_VXLAN_ID"] == "0"
     assert env_example["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
-    assert env_example["AKTO_WORKER_CONCURRENCY"] == "64"
+    assert env_example["AKTO_WORKER_CONCURRENCY"] == "128"
     assert env_example["AKTO_WORKER_METRICS_PORT"] == "9191"
 
 

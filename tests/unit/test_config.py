@@ -244,7 +244,7 @@ def test_worker_config_from_env_strings() -> None:
     assert config.batch_size == 7
     assert config.delivery_mode == "batch"
     assert config.backoff_max == 2.5
-    assert config.concurrency == 64
+    assert config.concurrency == 128
 
 
 def test_bad_redis_url_error_does_not_leak_the_redis_password() -> None:

@@ -49,7 +49,7 @@ class CountingClient(AktoClient):
 
     calls = 0
 
-    async def http_proxy(self, envelope: dict[str, str], **kwargs: Any) -> Any:
+    async def http_proxy(self, envelope: bytes, **kwargs: Any) -> Any:
         type(self).calls += 1
         return await super().http_proxy(envelope, **kwargs)
 
@@ -59,16 +59,17 @@ class BadRecordClient(AktoClient):
     (422) on both endpoints: the "one bad record in a batch" case."""
 
     @staticmethod
-    def _spoil(body: dict[str, Any]) -> dict[str, Any]:
+    def _spoil(encoded: bytes) -> bytes:
+        body = json.loads(encoded)
         headers = json.loads(body["requestHeaders"])
         if headers["x-akto-installer-akto_message_id"].startswith("bad"):
-            return dict(body, requestPayload="")
-        return body
+            return json.dumps(dict(body, requestPayload="")).encode()
+        return encoded
 
-    async def http_proxy(self, envelope: dict[str, str], **kwargs: Any) -> Any:
+    async def http_proxy(self, envelope: bytes, **kwargs: Any) -> Any:
         return await super().http_proxy(self._spoil(envelope), **kwargs)
 
-    async def ingest_batch(self, envelopes: list[dict[str, Any]]) -> None:
+    async def ingest_batch(self, envelopes: list[bytes]) -> None:
         await super().ingest_batch([self._spoil(e) for e in envelopes])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 
@@ -36,6 +37,10 @@ CREDENTIALS = {
     "X-Amz-Security-Token": "SECRET-amz",
 }
 SAFE = {"Content-Type": "application/json", "User-Agent": "curl/8", "X-Request-Id": "r-1"}
+
+
+# The wire module writes compact JSON (orjson); expected values are built the same way.
+compact = partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
 
 
 def make(**fields: object) -> Record:
@@ -98,14 +103,14 @@ def test_envelope_matches_the_reference_field_by_field() -> None:
     record = make()
     body = envelope(record, AKTO)
     assert all(isinstance(v, str) for v in body.values()), body
-    expected_payload = {"body": json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello"}]})}
+    expected_payload = {"body": compact({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello"}]})}
     assert body == {
         "path": "/v1/chat/completions",
         "method": "POST",
         "requestHeaders": body["requestHeaders"],  # checked separately above
-        "responseHeaders": json.dumps({"content-type": "application/json"}),
-        "requestPayload": json.dumps(expected_payload),
-        "responsePayload": json.dumps({"choices": [{"message": {"role": "assistant", "content": "Hi"}}]}),
+        "responseHeaders": compact({"content-type": "application/json"}),
+        "requestPayload": compact(expected_payload),
+        "responsePayload": compact({"choices": [{"message": {"role": "assistant", "content": "Hi"}}]}),
         "statusCode": "200",
         "status": "200",
         "time": "1700000000123",
@@ -116,8 +121,8 @@ def test_envelope_matches_the_reference_field_by_field() -> None:
         "akto_vxlan_id": "0",
         "is_pending": "false",
         "source": "MIRRORING",
-        "tag": json.dumps({"gen-ai": "Gen AI"}),
-        "metadata": json.dumps({"user_id": "u-1"}),
+        "tag": compact({"gen-ai": "Gen AI"}),
+        "metadata": compact({"user_id": "u-1"}),
         "contextSource": "AGENTIC",
     }
     # requestPayload is {"body": "<JSON string>"} and the inner string decodes to the request.
@@ -150,7 +155,7 @@ def test_envelope_session_header_account_ids_and_akto_metadata() -> None:
     assert body["akto_account_id"] == "42"
     assert body["akto_vxlan_id"] == "7"
     assert body["contextSource"] == "ENDPOINT"
-    assert body["akto_metadata"] == json.dumps({"policy_name": "p1"})
+    assert body["akto_metadata"] == compact({"policy_name": "p1"})
     assert "akto_metadata" not in envelope(make(), AKTO)
     assert SESSION_ID_HEADER not in json.loads(envelope(make(), AKTO)["requestHeaders"])
 
@@ -267,7 +272,7 @@ def test_non_object_guardrails_result_is_a_bad_response() -> None:
 
 def test_check_size_returns_the_encoded_size() -> None:
     body = envelope(make(), AKTO)
-    assert check_size(body) == len(json.dumps(body).encode())
+    assert check_size(body) == len(compact(body).encode())
 
 
 def test_check_size_rejects_a_300_kib_string() -> None:
@@ -284,7 +289,7 @@ def test_check_size_counts_bytes_not_characters() -> None:
 
 def test_check_size_accepts_a_string_right_at_the_limit() -> None:
     body = {"path": "a" * MAX_STRING_BYTES}
-    assert check_size(body) == MAX_STRING_BYTES + len('{"path": ""}')
+    assert check_size(body) == MAX_STRING_BYTES + len('{"path":""}')
 
 
 def test_check_size_rejects_a_3_mib_record_of_small_strings() -> None:

@@ -10,14 +10,13 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from akto_ingest import dlq
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings, WorkerConfig
 from akto_ingest.errors import AktoError, AktoHTTPError, RecordTooLarge
 from akto_ingest.record import Record, now_ms
-from akto_ingest.wire import MAX_BATCH_BYTES, batch_body, check_size, envelope
+from akto_ingest.wire import MAX_BATCH_BYTES, PUBLISH_FLAG, batch_body, encode, envelope, with_publish_flag
 
 from . import metrics
 from .retry import is_retryable
@@ -27,16 +26,14 @@ log = logging.getLogger("akto_worker")
 # A batch job must finish well inside arq's job timeout (see settings.py): whatever is still
 # in flight at this point is handed to the retry job instead of being cut off by arq.
 BATCH_BUDGET_SECONDS = 30.0
-PUBLISH_FLAG_BYTES = len(', "publishToGuardrails": true')
-BATCH_WRAPPER_BYTES = len(json.dumps(batch_body([])))
+BATCH_WRAPPER_BYTES = len(batch_body([]))
 
 
 @dataclass
 class _Item:
     raw: str
     record: Record
-    body: dict[str, Any]
-    size: int
+    encoded: bytes
 
 
 @dataclass
@@ -72,8 +69,7 @@ class Deliverer:
         for raw in records:
             try:
                 record = Record.from_json(raw)
-                body = envelope(record, self._akto)
-                size = check_size(body)
+                encoded = encode(envelope(record, self._akto))
             except RecordTooLarge as exc:
                 outcome.dead.append(
                     dlq.make(
@@ -84,7 +80,7 @@ class Deliverer:
             except Exception as exc:  # one bad record must never fail its whole batch
                 outcome.dead.append(dead_letter_for(raw, reason="invalid_record", detail=str(exc)))
                 continue
-            items.append(_Item(raw, record, body, size))
+            items.append(_Item(raw, record, encoded))
         return items
 
     async def _send_each(self, items: list[_Item], attempt: int, outcome: Outcome) -> None:
@@ -113,7 +109,7 @@ class Deliverer:
             try:
                 with metrics.AKTO_LATENCY.time():
                     verdict = await self._client.http_proxy(
-                        item.body, check_request=monitor, check_response=monitor, ingest=True
+                        item.encoded, check_request=monitor, check_response=monitor, ingest=True
                     )
             except AktoError as exc:
                 self._failed([item], exc, attempt, outcome)
@@ -136,7 +132,7 @@ class Deliverer:
         chunks = []
         for item in items:
             # Each record also costs a separator and, in monitor mode, its publishToGuardrails flag.
-            cost = item.size + 2 + (PUBLISH_FLAG_BYTES if item.record.mode == "monitor" else 0)
+            cost = len(item.encoded) + 1 + (len(PUBLISH_FLAG) if item.record.mode == "monitor" else 0)
             if chunk and size + cost > MAX_BATCH_BYTES - BATCH_WRAPPER_BYTES:
                 chunks.append(chunk)
                 chunk, size = [], 0
@@ -145,7 +141,7 @@ class Deliverer:
         if chunk:
             chunks.append(chunk)
         for chunk in chunks:
-            bodies = [dict(i.body, publishToGuardrails=True) if i.record.mode == "monitor" else i.body for i in chunk]
+            bodies = [with_publish_flag(i.encoded) if i.record.mode == "monitor" else i.encoded for i in chunk]
             try:
                 async with self._slots:
                     with metrics.AKTO_LATENCY.time():

@@ -117,8 +117,13 @@ def build_worker_settings(env: Mapping[str, str] | None = None) -> type:
         if "akto_client" in ctx:
             await ctx["akto_client"].close()
 
-    # Enough batch jobs at once to keep every delivery slot busy, plus one claiming ahead.
-    max_jobs = max(2, -(-config.concurrency // config.batch_size) + 1)
+    # Enough batch jobs at once that every delivery slot stays busy while some jobs are between
+    # waves or waiting on arq's poll: per record, each job fills batch_size slots at most; in
+    # batch mode each job holds one slot for one ingestData call.
+    if config.delivery_mode == "batch":
+        max_jobs = max(4, config.concurrency // 4)
+    else:
+        max_jobs = 2 * -(-config.concurrency // config.batch_size) + 2
     return type(
         "WorkerSettings",
         (),
