@@ -95,8 +95,7 @@ def _window(bench: Bench, case: str, n: int, first_id: int, totals: Totals) -> N
     kind = _proxy_of(case)
     proxy = bench.proxies[kind]
     worker = bench.e2e_worker() if kind in OURS else None
-    bench.wait_drained(bench.e2e_queue)
-    stats0 = bench.akto.stats()
+    stats0 = bench.akto.stats()  # the previous window (or warm-up) ended with wait_drained
     cpu0 = procfs.cpu_seconds(proxy.proc.popen.pid)
     wcpu0 = procfs.cpu_seconds(worker.popen.pid) if worker else 0.0
     result = asyncio.run(drive(proxy.url, n, concurrency=CLIENTS, max_seconds=600, first_id=first_id))
@@ -183,6 +182,7 @@ def run(bench: Bench) -> Section:
         bench.akto.configure(delay_ms=delay)
         for kind in PROXY_KINDS:
             asyncio.run(drive(bench.proxies[kind].url, warmup, concurrency=CLIENTS, max_seconds=120))
+        bench.wait_drained(bench.e2e_queue)
         for rnd in range(rounds):
             # Rotate the order every round so no case always follows the slow built-in windows or
             # always comes first after a pause.

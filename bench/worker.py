@@ -15,6 +15,7 @@ from pathlib import Path
 
 from akto_hook import capture
 from akto_ingest.config import WorkerConfig
+from tests.stack import worker_env
 
 from . import procfs, profile
 from .context import Bench
@@ -48,6 +49,7 @@ class Drain:
     inflight: list[int] = field(default_factory=list)  # requests the fake Akto was holding, sampled
     rss_samples_mb: list[float] = field(default_factory=list)  # the first worker's VmRSS, sampled
     machine_busy_s: float = 0.0  # CPU seconds the whole machine spent during the drain
+    idle_rss_mb: float = 0.0  # the first worker's VmRSS once started, before the backlog appeared
     timed_out: bool = False
     concurrency: int = 0
 
@@ -57,6 +59,18 @@ class Drain:
 
     def per_record_ms(self, cpu_s: float) -> float:
         return cpu_s / max(1, self.delivered) * 1000
+
+
+def records_held(bench: Bench, mode: str, env: Mapping[str, str] | None = None) -> int:
+    """How many records a worker holds at most: arq's max_jobs (computed by the worker's own settings
+    builder from the same environment) times the records per job."""
+    from akto_worker.settings import build_worker_settings  # the worker's code, imported only here
+
+    settings = build_worker_settings(
+        worker_env(bench.akto.url, bench.redis_url, "probe", AKTO_DELIVERY_MODE=mode, **(env or {}))
+    )
+    batch = int((env or {}).get("AKTO_BATCH_SIZE", DEFAULT_BATCH))
+    return int(vars(settings)["max_jobs"]) * batch  # a class built at run time: mypy cannot see its fields
 
 
 def preload(bench: Bench, key: str, n: int) -> None:
@@ -96,6 +110,7 @@ def drain(
     akto0 = procfs.cpu_seconds(bench.akto_pid)
     redis0 = procfs.cpu_seconds(redis_pid) if redis_pid else 0.0
     result.peak_rss_mb = [procfs.rss_mb(p) for p in pids]
+    result.idle_rss_mb = result.peak_rss_mb[0]
     spies = []
     if profile_s and bench.profiling:
         spies = [

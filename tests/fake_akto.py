@@ -199,6 +199,9 @@ def _check_envelope(envelope: object, max_string: int, *, allow_bool: frozenset[
     if not isinstance(envelope, dict):
         raise _Rejected(422, "record must be a JSON object")
     for key, value in envelope.items():
+        # LiteLLM's built-in Akto client sends some fields as null; Akto treats them as absent.
+        if value is None:
+            continue
         if isinstance(value, str):
             if len(value) > max_string:
                 raise _Rejected(413, f"field {key!r} exceeds {max_string} characters")

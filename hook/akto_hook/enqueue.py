@@ -115,8 +115,8 @@ class Enqueuer:
             return
         metrics.SPOOL_DROPPED.inc()
         log.critical(
-            "akto spool full (%d bytes at %s): record call_id=%s DROPPED; %d dropped so far",
-            self._spool.max_bytes,
+            "akto %s at %s: record call_id=%s DROPPED; %d dropped so far",
+            self._spool.last_problem,
             self._spool.folder,
             call_id,
             self._spool.dropped,

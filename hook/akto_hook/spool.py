@@ -44,6 +44,7 @@ class Spool:
         self._seq = 0
         self._sealed_bytes = self.size()
         self.dropped = 0
+        self.last_problem = ""
 
     def size(self) -> int:
         return sum(p.stat().st_size for p in self._segments())
@@ -53,6 +54,8 @@ class Spool:
 
     def _open_segment(self) -> IO[bytes]:
         self._seq += 1
+        # Recreated on every segment: something outside may have removed it (a /tmp cleaner).
+        self.folder.mkdir(parents=True, exist_ok=True)
         name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.jsonl"
         self._active_path = self.folder / name
         handle = open(self._active_path, "ab")  # noqa: SIM115 -- kept open across appends on purpose
@@ -61,13 +64,21 @@ class Spool:
         return handle
 
     def append(self, line: str) -> bool:
-        """Add one record; False (counted) when the spool is full. Never blocks on the disk."""
+        """Add one record; False (counted, reason in ``last_problem``) when the spool is full or
+        the disk refuses it. Never raises and never blocks on the disk."""
         data = line.encode() + b"\n"
-        handle = self._active or self._open_segment()
-        if self.size_estimate() + len(data) > self.max_bytes:
+        try:
+            handle = self._active or self._open_segment()
+            if self.size_estimate() + len(data) > self.max_bytes:
+                self.dropped += 1
+                self.last_problem = f"spool full ({self.max_bytes} bytes)"
+                return False
+            handle.write(data)
+        except OSError as exc:
             self.dropped += 1
+            self.last_problem = f"cannot write the spool: {exc}"
+            self._active = None
             return False
-        handle.write(data)
         self._dirty = True
         if handle.tell() >= SEGMENT_BYTES:
             self.seal()

@@ -120,3 +120,19 @@ async def test_a_full_spool_drops_loudly_and_never_raises(tmp_path: Path, caplog
     assert results == [False] * 4
     assert enqueuer._spool.dropped >= 1
     assert "spool full" in caplog.text and "DROPPED" in caplog.text
+
+
+async def test_a_removed_spool_folder_is_recreated(tmp_path: Path) -> None:
+    folder = tmp_path / "spool"
+    enqueuer = Enqueuer("redis://127.0.0.1:1/0", "akto:test:gone", 0.05, folder, 10 * 1024 * 1024)
+    try:
+        assert await enqueuer.put(rec(0)) is False
+        enqueuer._spool.seal()
+        for segment in segments(folder):
+            segment.unlink()
+        folder.rmdir()
+        assert await enqueuer.put(rec(1)) is False
+        assert enqueuer._spool.dropped == 0
+    finally:
+        await enqueuer.close()
+    assert len(segments(folder)) == 1
