@@ -16,7 +16,7 @@ from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings, WorkerConfig
 from akto_ingest.errors import AktoError, AktoHTTPError, RecordTooLarge
 from akto_ingest.record import Record, now_ms
-from akto_ingest.wire import MAX_BATCH_BYTES, PUBLISH_FLAG, batch_body, encode, envelope, with_publish_flag
+from akto_ingest.wire import MAX_BATCH_BYTES, batch_body, encode, envelope, with_publish_flag
 
 from . import metrics
 from .retry import is_retryable
@@ -127,21 +127,22 @@ class Deliverer:
             )
 
     async def _send_batches(self, items: list[_Item], attempt: int, outcome: Outcome) -> None:
+        chunks: list[tuple[list[_Item], list[bytes]]] = []
         chunk: list[_Item] = []
+        bodies: list[bytes] = []
         size = 0
-        chunks = []
         for item in items:
-            # Each record also costs a separator and, in monitor mode, its publishToGuardrails flag.
-            cost = len(item.encoded) + 1 + (len(PUBLISH_FLAG) if item.record.mode == "monitor" else 0)
-            if chunk and size + cost > MAX_BATCH_BYTES - BATCH_WRAPPER_BYTES:
-                chunks.append(chunk)
-                chunk, size = [], 0
+            # Monitor records ask Akto to check them asynchronously: ingestData returns no verdict.
+            body = with_publish_flag(item.encoded) if item.record.mode == "monitor" else item.encoded
+            if chunk and size + len(body) + 1 > MAX_BATCH_BYTES - BATCH_WRAPPER_BYTES:
+                chunks.append((chunk, bodies))
+                chunk, bodies, size = [], [], 0
             chunk.append(item)
-            size += cost
+            bodies.append(body)
+            size += len(body) + 1  # and its separator
         if chunk:
-            chunks.append(chunk)
-        for chunk in chunks:
-            bodies = [with_publish_flag(i.encoded) if i.record.mode == "monitor" else i.encoded for i in chunk]
+            chunks.append((chunk, bodies))
+        for chunk, bodies in chunks:
             try:
                 async with self._slots:
                     with metrics.AKTO_LATENCY.time():
