@@ -146,7 +146,7 @@ async def settle(fault: str, akto: FakeAkto, run: Run, produced: list[str], star
     async with asyncio.timeout(SETTLE_SECONDS):
         while True:
             delivered, dead = await accounted()
-            if len(delivered) + len(dead) == len(ids):
+            if len(delivered) + len(dead) == len(ids) or run.worker.jobs_failed:
                 break
             await asyncio.sleep(0.2)
     counts = akto.message_ids()
