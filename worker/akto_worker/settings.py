@@ -23,6 +23,7 @@ from akto_ingest.config import AktoSettings, QueueSettings, WorkerConfig
 from akto_ingest.queue import Claimer, decode_job, encode_job
 
 from . import health
+from .claims import survive_connection_drops
 from .collector import collect, report_backlog
 from .deadline import job_limits
 from .delivery import Deliverer
@@ -79,6 +80,7 @@ def build_worker_settings(env: Mapping[str, str] | None = None) -> type:
     # arq treats its job timeout as terminal: it is derived from the delivery timeout so that every job
     # ends on its own deadlines first (deadline.py).
     limits = job_limits(config.delivery_timeout)
+    survive_connection_drops()
     background: list[asyncio.Task[None]] = []
 
     async def startup(ctx: dict[str, Any]) -> None:
