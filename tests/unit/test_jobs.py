@@ -16,10 +16,11 @@ from redis.asyncio import Redis
 
 from akto_ingest import dlq
 from akto_ingest.config import WorkerConfig
+from akto_ingest.errors import ConfigError
 from akto_ingest.queue import DEAD_LETTER_FUNCTION, DELIVER_FUNCTION, decode_job
 from akto_ingest.record import now_ms
 from akto_worker import jobs
-from akto_worker.deadline import JobLimits
+from akto_worker.deadline import JobLimits, job_limits
 from akto_worker.delivery import Deliverer, Outcome
 from akto_worker.state import WorkerState
 from tests.fake_akto import FakeAkto
@@ -287,3 +288,28 @@ async def test_an_unexpected_error_delivering_keeps_the_whole_job(
         await jobs.deliver(ctx, [record_json(id="a")], 0)
     assert await fake_redis.zcard(QUEUE) == 0
     assert await dlq.count(fake_redis, QUEUE) == 0
+
+
+@pytest.mark.parametrize(
+    ("delivery_timeout", "delivery_seconds", "job_timeout", "stop_wait"),
+    [(10, 30, 45, 45), (2, 10, 25, 25), (30, 90, 105, 45), (0.1, 10, 25, 25), (300, 900, 915, 45)],
+)
+def test_job_limits_follow_the_delivery_timeout(
+    delivery_timeout: float, delivery_seconds: float, job_timeout: int, stop_wait: int
+) -> None:
+    limits = job_limits(delivery_timeout)
+    assert (limits.delivery_seconds, limits.persist_seconds) == (delivery_seconds, 10)
+    assert (limits.job_timeout, limits.stop_wait) == (job_timeout, stop_wait)
+
+
+def test_no_delivery_timeout_puts_arqs_timeout_inside_the_jobs_own_work() -> None:
+    for tenths in range(1, 3001, 7):
+        limits = job_limits(tenths / 10)
+        assert limits.delivery_seconds >= 3 * (tenths / 10)  # room for a chunk, its fallback, and more
+        assert limits.job_timeout >= limits.delivery_seconds + limits.persist_seconds + 5
+
+
+@pytest.mark.parametrize("delivery_timeout", [300.5, 10_000])
+def test_a_delivery_timeout_over_300_s_is_refused_naming_the_variable(delivery_timeout: float) -> None:
+    with pytest.raises(ConfigError, match=r"AKTO_DELIVERY_TIMEOUT=\S+ is out of range: .* at most 300 seconds"):
+        job_limits(delivery_timeout)
