@@ -186,7 +186,10 @@ class Deliverer:
             async with window:
                 return await self._post_chunk(chunk, entries, attempt, deadline)
         except Exception as exc:
-            return [_settle(item, None if window.expired() else exc) for item in chunk]
+            if window.expired():
+                return [ToRetry(item, DEADLINE_PASSED) for item in chunk]
+            log.error("unexpected error delivering %d record(s); they will be retried", len(chunk), exc_info=exc)
+            return [ToRetry(item, f"unexpected error: {exc!r}") for item in chunk]
 
     async def _post_chunk(
         self, chunk: list[_Item], entries: list[bytes], attempt: int, deadline: float
