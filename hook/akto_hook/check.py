@@ -128,6 +128,9 @@ class InlineCheck:
             verdict = await self._client.http_proxy(body, check_request=True, check_response=False, ingest=False)
         except AktoError as exc:
             return Failure(_reason(exc), str(exc))
+        except Exception as exc:
+            log.exception("akto check part failed unexpectedly")
+            return Failure("internal_error", f"the check failed: {exc!r}")
         if verdict.fail_open and not verdict.blocks:
             return Failure("akto_fail_open", f"Akto's guardrail failed open: {verdict.error or 'no error given'}")
         return verdict

@@ -271,3 +271,19 @@ def test_fallback_counts_decision_and_reason(fallback: Any) -> None:
     passes = fallback_passes(Failure("akto_fail_open", "engine timed out"), fallback, "call-9")
     assert passes is (fallback == "fail_open")
     assert fallback_count(fallback, "akto_fail_open") == before + 1
+
+
+async def test_an_unexpected_error_in_a_part_is_a_failure_not_an_exception(
+    fake_akto: FakeAkto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = akto_settings(fake_akto.url)
+    async with AktoClient(settings, timeout=2) as client:
+
+        async def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("client bug")
+
+        monkeypatch.setattr(client, "http_proxy", broken)
+        decision = await InlineCheck(client, settings).check(record(request(prose(330 * KIB))))
+    assert decision.failure is not None
+    assert decision.failure.reason == "internal_error"
+    assert "client bug" in decision.failure.message
