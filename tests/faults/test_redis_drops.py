@@ -81,10 +81,12 @@ async def test_worker_survives_redis_dropping_its_connections_mid_claim(
         dropper.cancel()
         run.cancel()
         await asyncio.gather(run, dropper, return_exceptions=True)
-        await worker.close()
-        await producer.aclose()
-        await admin.aclose()
-        server.stop()
+        try:
+            await worker.close()
+            await producer.aclose()
+            await admin.aclose()
+        finally:
+            server.stop()  # even when a failed worker cannot close cleanly
     RESULTS.append(
         {
             "fault": "Redis drops worker connections every 20 ms (jobs)",
