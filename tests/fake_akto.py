@@ -178,6 +178,8 @@ class _Answer:
     content_type: str = "application/json"
     note: str = ""
     message_id: str | None = None
+    # What to store once the answer is ready to go: envelopes, and whether they count as ingested.
+    to_store: tuple[list[dict[str, Any]], bool] | None = None
 
 
 class _Rejected(Exception):
@@ -277,9 +279,9 @@ class FakeAkto:
     - ``status``: answer every Akto request with this status (400-599); ``None``
       clears it. Nothing is recorded.
     - ``fail_next``: answer 503 to the next N requests, then recover.
-    - ``hang``: accept and record, but never answer until cleared or ``stop()``.
-    - ``garbage``: accept and record, answer 200 with a non-JSON body.
-    - ``fail_open``: accept and record, answer every guardrail check with the verdict Akto's
+    - ``hang``: accept, but never answer (nor store) until cleared or ``stop()``.
+    - ``garbage``: accept and store, answer 200 with a non-JSON body.
+    - ``fail_open``: accept and store, answer every guardrail check with the verdict Akto's
       gateway builds when its guardrail engine fails (``failOpen: true``, allowed, an ``error``).
     - ``behaviour``: ``behaviour`` field of flagged verdicts (``block``, ``alert``,
       ``warn``, ``approval``, or ``""``/``"empty"``).
@@ -287,6 +289,11 @@ class FakeAkto:
       (case-insensitive) is flagged with that reason.
     - ``key_case``: ``"upper"`` (``Allowed``/``Reason``/``behaviour``) or
       ``"lower"`` (``allowed``/``reason``/``Behaviour``).
+
+    A record is stored when its answer is ready to go out: after ``delay_ms`` and any ``hang``, and
+    only if the client is still connected then. So a record whose sender gave up or died while Akto
+    was still working on it (a client timeout, a SIGKILLed worker) is not counted as delivered; it is
+    counted in ``abandoned``.
 
     Faults apply to the Akto endpoints only, never to ``/_admin/*``. Records and
     settings survive ``stop()``/``start()``; ``reset()`` clears both. Message-id
@@ -320,6 +327,7 @@ class FakeAkto:
         self._ingested = 0
         self._status_counts: Counter[int] = Counter()
         self._dropped = 0
+        self._abandoned = 0
         self._pending = 0
 
     # -- lifecycle ---------------------------------------------------------
@@ -424,6 +432,7 @@ class FakeAkto:
         self._ingested = 0
         self._status_counts = Counter()
         self._dropped = 0
+        self._abandoned = 0
         self._wake_waiters()
 
     def stats(self) -> dict[str, object]:
@@ -431,6 +440,7 @@ class FakeAkto:
             "requests": {str(k): v for k, v in sorted(self._status_counts.items())},
             "requests_total": sum(self._status_counts.values()),
             "dropped": self._dropped,
+            "abandoned": self._abandoned,
             "pending": self._pending,
             "records": len(self._records),
             "ingested": self._ingested,
@@ -490,9 +500,8 @@ class FakeAkto:
         started = time.perf_counter()
         self._pending += 1
         try:
-            # Decide (and record) first, then wait: a client that times out during
-            # the delay or hang has still been "processed", which is exactly the
-            # case that produces duplicates when it retries.
+            # Decide first, wait, then store: a record counts as delivered only once
+            # its answer is ready for a client that is still there to read it.
             answer = await self._decide(request, endpoint)
             if not await self._hold():
                 self._dropped += 1
@@ -501,6 +510,12 @@ class FakeAkto:
                     request.transport.abort()
                 self._log(request, None, started, "dropped (server stopping)")
                 return web.Response(status=503)
+            if answer.to_store is not None:
+                if request.transport is None or request.transport.is_closing():
+                    self._abandoned += 1
+                    self._log(request, None, started, "abandoned (client gone before the answer)")
+                    return web.Response(status=499)
+                answer.message_id = self._store(endpoint, request, *answer.to_store)
             self._status_counts[answer.status] += 1
             self._log(request, answer, started, answer.note)
             return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
@@ -545,7 +560,7 @@ class FakeAkto:
                 note=rejected.error,
             )
         if settings.garbage:
-            return _Answer(200, _GARBAGE_BODY, note="injected garbage", message_id=answer.message_id)
+            return _Answer(200, _GARBAGE_BODY, note="injected garbage", to_store=answer.to_store)
         return answer
 
     def _injected_status(self, endpoint: Endpoint, status: int) -> _Answer:
@@ -563,7 +578,6 @@ class FakeAkto:
         envelope = _check_envelope(_decode_json(raw), HTTP_PROXY_MAX_STRING)
         query = request.query
         ingest = query.get("ingest_data") == "true"
-        message_id = self._store("http-proxy", request, [envelope], ingest)
 
         data: dict[str, object] = {"success": True, "message": SUCCESS_MESSAGE}
         note = "ingested" if ingest else "not ingested"
@@ -580,7 +594,7 @@ class FakeAkto:
             data["guardrailsResult"] = self._verdict(reason)
             note += f", flagged: {reason}" if reason else ", allowed"
         body = {"success": True, "message": SUCCESS_MESSAGE, "data": data}
-        return _Answer(200, _json_bytes(body), note=note, message_id=message_id)
+        return _Answer(200, _json_bytes(body), note=note, to_store=([envelope], ingest))
 
     async def _accept_ingest(self, request: web.Request) -> _Answer:
         raw = await _read_limited(request, INGEST_MAX_BODY)
@@ -592,13 +606,12 @@ class FakeAkto:
             _check_envelope(record, INGEST_MAX_STRING, allow_bool=frozenset({"publishToGuardrails"}))
             for record in batch
         ]
-        message_id = self._store("ingestData", request, envelopes, True)
         # Akto really does answer a successful batch with success=false.
         return _Answer(
             200,
             _json_bytes({"success": False}),
             note=f"batch of {len(envelopes)}",
-            message_id=message_id,
+            to_store=(envelopes, True),
         )
 
     def _flag_reason(self, envelope: Mapping[str, Any], fields: list[str]) -> str:

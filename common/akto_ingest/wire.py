@@ -18,11 +18,27 @@ from .record import Record
 MESSAGE_ID_HEADER = "x-akto-installer-akto_message_id"
 SESSION_ID_HEADER = "x-akto-installer-akto_session_id"
 
-# Akto's http-proxy rejects a body over about 2 MiB or any string over 256 KiB; ingestData takes
-# 10 MiB per call. A record over these can never be accepted, so it is dead-lettered, not sent.
-MAX_STRING_BYTES = 256 * 1024
-MAX_RECORD_BYTES = 2 * 1024 * 1024
-MAX_BATCH_BYTES = 10 * 1024 * 1024
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one of Akto's endpoints accepts: any single string, and the whole request body."""
+
+    endpoint: str
+    max_string_bytes: int
+    max_body_bytes: int
+
+
+# Akto's http-proxy refuses a body over 2 MiB or any string over 256 KiB; ingestData takes 10 MiB a
+# body and 5 MiB a string. A record past http-proxy's limits is delivered through ingestData; only
+# past ingestData's is it dead-lettered, since no endpoint would ever accept it.
+HTTP_PROXY_LIMITS = Limits("/api/http-proxy", 256 * 1024, 2 * MIB)
+INGEST_DATA_LIMITS = Limits("/api/ingestData", 5 * MIB, 10 * MIB)
+
+MAX_STRING_BYTES = HTTP_PROXY_LIMITS.max_string_bytes
+MAX_RECORD_BYTES = HTTP_PROXY_LIMITS.max_body_bytes
+MAX_BATCH_BYTES = INGEST_DATA_LIMITS.max_body_bytes
 
 BLOCKING_BEHAVIOURS = frozenset({"block", ""})
 
@@ -68,19 +84,36 @@ def _text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def encode(body: dict[str, str]) -> bytes:
-    """The envelope as sent, encoded once; raises :class:`RecordTooLarge` when Akto would refuse it."""
-    for key, value in body.items():
-        if len(value) * 4 > MAX_STRING_BYTES and len(value.encode()) > MAX_STRING_BYTES:
-            raise RecordTooLarge(f"field {key} is {len(value.encode())} bytes; Akto accepts {MAX_STRING_BYTES}")
+def encode(body: dict[str, str], limits: Limits = HTTP_PROXY_LIMITS) -> bytes:
+    """The envelope as sent, encoded once; raises :class:`RecordTooLarge` when ``limits``' endpoint
+    would refuse it (http-proxy's by default)."""
     encoded = orjson.dumps(body)
-    if len(encoded) > MAX_RECORD_BYTES:
-        raise RecordTooLarge(f"record is {len(encoded)} bytes; Akto accepts {MAX_RECORD_BYTES}")
+    problem = too_large(body, encoded, limits)
+    if problem:
+        raise RecordTooLarge(problem)
     return encoded
 
 
+def too_large(body: dict[str, str], encoded: bytes, limits: Limits) -> str:
+    """Why ``limits``' endpoint would refuse this envelope (``encoded`` is its :func:`encode` output),
+    or ``""`` when it fits. Through ingestData a record travels inside a batch body, with the
+    publish flag, so that wrapper counts against the body limit."""
+    for key, value in body.items():
+        if len(value) * 4 > limits.max_string_bytes and len(value.encode()) > limits.max_string_bytes:
+            return (
+                f"field {key} is {len(value.encode())} bytes; "
+                f"Akto's {limits.endpoint} accepts {limits.max_string_bytes}"
+            )
+    size = len(encoded)
+    if limits.endpoint == INGEST_DATA_LIMITS.endpoint:
+        size += len(BATCH_PREFIX) + len(BATCH_SUFFIX) + len(PUBLISH_FLAG)
+    if size > limits.max_body_bytes:
+        return f"record is {size} bytes; Akto's {limits.endpoint} accepts {limits.max_body_bytes}"
+    return ""
+
+
 def check_size(body: dict[str, str]) -> int:
-    """The envelope's encoded size; raises :class:`RecordTooLarge` when Akto would refuse it."""
+    """The envelope's encoded size; raises :class:`RecordTooLarge` when http-proxy would refuse it."""
     return len(encode(body))
 
 

@@ -19,10 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis import Redis
 
 from akto_ingest import dlq
 from akto_ingest.queue import inbox_key
+from akto_ingest.record import Record
 from tests.stack import AKTO_KEY, MASTER_KEY, wait_until
 
 from .conftest import RESULTS, FaultStack
@@ -198,16 +200,40 @@ def test_akto_misbehaving(fault_stack: FaultStack, fault: str, during: dict[str,
 def test_worker_sigkill_mid_delivery(fault_stack: FaultStack) -> None:
     traffic = Traffic(fault_stack)
     victim = fault_stack.workers[0]
+    redis = _redis(fault_stack)
     with traffic.running():
         fault_stack.akto.configure(delay_ms=1500)  # keep deliveries in flight when the kill lands
         time.sleep(4)
+        in_flight = _jobs_in_progress(redis)
         victim.stop(signal.SIGKILL)
+        killed_ms = int(time.time() * 1000)
         fault_stack.workers.remove(victim)
         time.sleep(2)
         fault_stack.akto.configure(delay_ms=0)
+        time.sleep(3)  # the surviving worker finishes what it held; the killed worker's jobs stay claimed
+    # The killed worker's jobs are those still claimed now: nobody is left to finish them.
+    stranded = [cid for job, ids in in_flight.items() if redis.exists(in_progress_key_prefix + job) for cid in ids]
+    at_akto = fault_stack.akto.message_id_counts()
+    undelivered = [cid for cid in stranded if cid not in at_akto]
+    assert undelivered, "the kill landed while no delivery of the killed worker was in flight"
     fault_stack.add_worker()
     # The killed worker's claimed jobs come back after arq's in-progress timeout (job timeout + 10 s).
     _settle(fault_stack, "worker SIGKILL mid-delivery", traffic.ids, traffic, _never)
+    # What the killed worker had in flight was not counted at Akto; the re-run delivered it.
+    stored = {r["message_id"]: r["received_at"] for r in fault_stack.akto.records() if r.get("ingested")}
+    assert all(stored[cid] > killed_ms for cid in undelivered)
+
+
+def _jobs_in_progress(redis: Redis) -> dict[str, list[str]]:
+    """Claimed arq jobs: job id -> the call ids of its records."""
+    jobs = {}
+    for key in redis.scan_iter(match=in_progress_key_prefix + "*"):
+        job_id = key.decode().removeprefix(in_progress_key_prefix)
+        payload = redis.get(job_key_prefix + job_id)
+        if isinstance(payload, bytes):
+            records, _attempt = json.loads(payload)["a"]
+            jobs[job_id] = [json.loads(record)["id"] for record in records]
+    return jobs
 
 
 def test_worker_sigterm_drains(fault_stack: FaultStack) -> None:
@@ -217,12 +243,14 @@ def test_worker_sigterm_drains(fault_stack: FaultStack) -> None:
         fault_stack.akto.configure(delay_ms=800)
         time.sleep(3)
         started = time.monotonic()
+        before_stop = len(victim.log())
         code = victim.stop(signal.SIGTERM, timeout=90)
         drain_seconds = time.monotonic() - started
         fault_stack.workers.remove(victim)
         fault_stack.akto.configure(delay_ms=0)
     fault_stack.add_worker()
     assert code == 0, victim.log()[-2000:]
+    assert "Traceback" not in victim.log()[before_stop:], victim.log()[-2000:]
     assert drain_seconds < 60
     _settle(fault_stack, "worker SIGTERM (graceful)", traffic.ids, traffic, _never)
 
@@ -240,6 +268,11 @@ def test_poison_and_permanent_failures(fault_stack: FaultStack) -> None:
     redis.rpush(inbox_key(queue), json.dumps({"id": poison_ids[1], "mode": "monitor", "status_code": "x"}))
     redis.rpush(inbox_key(queue), b"not json at all {")
 
+    # Past what any Akto endpoint takes (a 6 MiB string): dead-lettered whole, never sent.
+    huge = Record(id=f"huge-{uuid.uuid4().hex[:8]}", mode="monitor", request_body={"p": "x" * (6 * 1024 * 1024)})
+    redis.rpush(inbox_key(queue), huge.to_json())
+
+    # Past http-proxy's limits only (a 300 KiB prompt): delivered through ingestData.
     big = Traffic(fault_stack, prompt="x" * (300 * 1024), threads=1, pause=0.5, max_seconds=2)
     with big.running():
         time.sleep(2)
@@ -248,22 +281,24 @@ def test_poison_and_permanent_failures(fault_stack: FaultStack) -> None:
         fault_stack.akto.configure(status=422)
         time.sleep(3)
         fault_stack.akto.configure(status=None)
-    produced = poison_ids + big.ids + refused.ids
-    dead_expected = set(poison_ids) | set(big.ids)
+    produced = [*poison_ids, huge.id, *big.ids, *refused.ids]
     merged = Traffic(fault_stack, ids=produced, latencies=big.latencies + refused.latencies)
     merged.failures = big.failures + refused.failures
 
     def expected(cid: str) -> bool:
         letter = _dead_letters(fault_stack)[cid]
-        if cid in dead_expected:
-            return letter.reason in ("invalid_record", "too_large")
-        return letter.reason == "rejected" and letter.last_status == 422
+        if cid in poison_ids:
+            return letter.reason == "invalid_record"
+        if cid == huge.id:
+            return letter.reason == "too_large" and letter.record == huge.to_json()
+        return cid in refused.ids and letter.reason == "rejected" and letter.last_status == 422
 
     _settle(fault_stack, "poison + 422 + oversized", produced, merged, expected)
     reasons = {d.reason for d in _dead_letters(fault_stack).values()}
     assert "undecodable_job" in reasons, reasons
     assert not marker.exists(), "a pickled job was unpickled"
-    assert {_dead_letters(fault_stack)[cid].reason for cid in big.ids} == {"too_large"}
+    assert big.ids and all(fault_stack.akto.ingested_for(cid)[0]["endpoint"] == "ingestData" for cid in big.ids)
+    assert huge.id in _dead_letters(fault_stack)
 
 
 class _Exploit:
@@ -275,14 +310,28 @@ class _Exploit:
 
 
 def test_no_secret_is_written_anywhere(fault_stack: FaultStack) -> None:
-    """Credentials never reach logs, the spool, dead letters or the records Akto stores."""
+    """Credentials never reach logs, dead letters or the records Akto stores, on the delivered path and
+    the dead-letter path alike. The traffic carries a master key and a cookie."""
+    traffic = Traffic(fault_stack, threads=2)
+    with traffic.running():
+        time.sleep(2)
+        fault_stack.akto.configure(status=422)  # these records become dead letters
+        time.sleep(2)
+        fault_stack.akto.configure(status=None)
+    _settle(fault_stack, "credentials in traffic (no leak)", traffic.ids, traffic, lambda cid: True)
+    dead = _dead_letters(fault_stack)
+    mine_dead = [dead[cid] for cid in traffic.ids if cid in dead]
+    mine_at_akto = [r for r in fault_stack.akto.records() if r.get("message_id") in set(traffic.ids)]
+    assert mine_dead and mine_at_akto, "the traffic took neither path"
+    assert all("user-agent" in json.loads(r["body"]["requestHeaders"]) for r in mine_at_akto)
+
     secrets = [MASTER_KEY, AKTO_KEY, "fault-cookie-secret"]
     leaks = []
     for path in fault_stack.log_dir.rglob("*"):
         if path.is_file():
             text = path.read_bytes().decode(errors="replace")
             leaks += [f"{path.name}: {s}" for s in secrets if s in text and not path.name.endswith(".yaml")]
-    for letter in _dead_letters(fault_stack).values():
+    for letter in dead.values():
         leaks += [f"dead letter {letter.id}" for s in secrets if s in letter.model_dump_json()]
     bodies = json.dumps([r["body"] for r in fault_stack.akto.records()])
     leaks += [f"record at Akto: {s}" for s in secrets if s in bodies]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -18,8 +19,16 @@ from akto_ingest.errors import (
     AktoHTTPError,
     AktoUnreachable,
 )
-from akto_ingest.record import now_ms
-from akto_ingest.wire import MAX_BATCH_BYTES, check_size, envelope
+from akto_ingest.record import Record, now_ms
+from akto_ingest.wire import (
+    HTTP_PROXY_LIMITS,
+    INGEST_DATA_LIMITS,
+    MAX_BATCH_BYTES,
+    Limits,
+    check_size,
+    encode,
+    envelope,
+)
 from akto_worker import delivery
 from akto_worker.delivery import Deliverer, Outcome
 from akto_worker.retry import backoff_seconds, is_retryable
@@ -52,6 +61,25 @@ class CountingClient(AktoClient):
     async def http_proxy(self, envelope: bytes, **kwargs: Any) -> Any:
         type(self).calls += 1
         return await super().http_proxy(envelope, **kwargs)
+
+
+class ExplodingClient(AktoClient):
+    """Fails with an error no send foresees for records whose id starts with "boom"."""
+
+    async def http_proxy(self, envelope: bytes, **kwargs: Any) -> Any:
+        if b'"x-akto-installer-akto_message_id\\":\\"boom' in envelope:
+            raise RuntimeError("bug in a send")
+        return await super().http_proxy(envelope, **kwargs)
+
+    async def ingest_batch(self, envelopes: list[bytes]) -> None:
+        if any(b'"x-akto-installer-akto_message_id\\":\\"boom' in e for e in envelopes):
+            raise RuntimeError("bug in a send")
+        await super().ingest_batch(envelopes)
+
+
+def check_size_of(raw: str) -> bytes:
+    """The encoded envelope of a queued record."""
+    return encode(envelope(Record.from_json(raw), AKTO))
 
 
 class BadRecordClient(AktoClient):
@@ -239,16 +267,43 @@ async def test_record_with_non_object_headers_is_dead_lettered_not_fatal(
     assert [(d.id, d.reason) for d in outcome.dead] == [("bad-headers", "invalid_record")]
 
 
-async def test_too_large_record_is_dead_lettered_without_a_request(
+@pytest.mark.parametrize("mode", ["monitor", "block"])
+async def test_record_past_http_proxy_limits_goes_through_ingest_data(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, mode: str
+) -> None:
+    big = record_json(id="big", mode=mode, prompt="x" * 300 * 1024)
+    outcome = await make_deliverer(fake_akto.url).deliver([big, record_json(id="ok", mode=mode)], 0)
+
+    assert (outcome.delivered, outcome.retry, outcome.dead) == (2, [], [])
+    sent = {r.message_id: r for r in fake_akto.records}
+    assert (sent["ok"].endpoint, sent["big"].endpoint) == ("http-proxy", "ingestData")
+    assert len(sent["big"].body["requestPayload"]) > HTTP_PROXY_LIMITS.max_string_bytes
+    # ingestData gives no verdict: a monitor record asks Akto to check it asynchronously instead.
+    assert sent["big"].body.get("publishToGuardrails") is (True if mode == "monitor" else None)
+
+
+async def test_record_with_many_strings_past_the_http_proxy_body_limit_goes_through_ingest_data(
     fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory
 ) -> None:
-    huge = record_json(id="huge", prompt="x" * 300 * 1024)
-    outcome = await make_deliverer(fake_akto.url).deliver([huge, record_json(id="ok")], 0)
+    metadata = {f"k{i}": "y" * 200 * 1024 for i in range(11)}  # each string fine, 2.2 MiB in all
+    big = record_json(id="wide", metadata=metadata)
+    outcome = await make_deliverer(fake_akto.url).deliver([big], 0)
+
+    assert outcome.delivered == 1
+    assert [(r.message_id, r.endpoint) for r in fake_akto.records] == [("wide", "ingestData")]
+
+
+@pytest.mark.parametrize("delivery_mode", ["record", "batch"])
+async def test_record_past_ingest_data_limits_is_dead_lettered_whole_without_a_request(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, delivery_mode: str
+) -> None:
+    huge = record_json(id="huge", prompt="x" * (INGEST_DATA_LIMITS.max_string_bytes + 1))
+    outcome = await make_deliverer(fake_akto.url, delivery_mode=delivery_mode).deliver([huge, record_json(id="ok")], 0)
 
     assert outcome.delivered == 1
     [letter] = outcome.dead
     assert (letter.id, letter.reason) == ("huge", "too_large")
-    assert "Akto accepts" in letter.detail
+    assert f"Akto's /api/ingestData accepts {INGEST_DATA_LIMITS.max_string_bytes}" in letter.detail
     assert letter.record == huge
     assert [r.message_id for r in fake_akto.records] == ["ok"]
 
@@ -286,17 +341,69 @@ async def test_garbage_200_is_retried(fake_akto: FakeAkto, make_deliverer: MakeD
     assert "not JSON" in outcome.last_error
 
 
-async def test_batch_budget_hands_late_records_to_the_retry(
+async def test_records_still_in_flight_at_the_deadline_go_to_the_retry(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory
+) -> None:
+    fake_akto.configure(hang=True)
+    deliverer = make_deliverer(fake_akto.url, timeout=30)
+    deadline = asyncio.get_running_loop().time() + 0.3
+
+    outcome = await deliverer.deliver([record_json(id="a"), record_json(id="b")], 0, deadline)
+
+    assert retry_ids(outcome) == ["a", "b"]
+    assert outcome.last_error == delivery.DEADLINE_PASSED
+    assert fake_akto.records == []
+
+
+async def test_batch_mode_stops_at_the_deadline_and_sends_no_further_chunk(
     fake_akto: FakeAkto,
     make_deliverer: MakeDeliverer,
     record_json: Factory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(delivery, "BATCH_BUDGET_SECONDS", 0.2)
-    fake_akto.configure(delay_ms=3_000)
-    outcome = await make_deliverer(fake_akto.url, timeout=10).deliver([record_json(id="a"), record_json(id="b")], 0)
-    assert retry_ids(outcome) == ["a", "b"]
-    assert outcome.last_error == "batch budget of 0.2s ran out"
+    # Chunks of two records each, so six records are three chunks sent one after another.
+    size = len(check_size_of(record_json(id="x0")))
+    monkeypatch.setattr(delivery, "INGEST_DATA_LIMITS", Limits("/api/ingestData", 5 * 1024 * 1024, 2 * size + 200))
+    records = [record_json(id=f"x{i}") for i in range(6)]
+    fake_akto.configure(hang=True)
+    deliverer = make_deliverer(fake_akto.url, delivery_mode="batch", timeout=30)
+
+    outcome = await deliverer.deliver(records, 0, asyncio.get_running_loop().time() + 0.3)
+
+    assert retry_ids(outcome) == [f"x{i}" for i in range(6)]
+    assert (outcome.delivered, outcome.dead) == (0, [])
+    fake_akto.configure(hang=False)
+    assert (await deliverer.deliver(records, 1)).delivered == 6
+    # The first chunk, cut off at the deadline, then the three chunks of the retry: nothing else.
+    assert fake_akto.stats()["requests"] == {"200": 3}
+    assert fake_akto.stats()["abandoned"] == 1
+
+
+async def test_unexpected_error_in_a_send_means_retry(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    deliverer = make_deliverer(fake_akto.url, client_cls=ExplodingClient)
+
+    outcome = await deliverer.deliver([record_json(id="boom-1"), record_json(id="fine")], 0)
+
+    assert outcome.delivered == 1
+    assert retry_ids(outcome) == ["boom-1"]
+    assert outcome.dead == []
+    assert "unexpected error: RuntimeError('bug in a send')" in outcome.last_error
+    assert "unexpected error delivering call_id=boom-1; it will be retried" in caplog.text
+    assert [r.message_id for r in fake_akto.records] == ["fine"]
+
+
+async def test_unexpected_error_in_a_batch_send_means_retry(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory
+) -> None:
+    deliverer = make_deliverer(fake_akto.url, client_cls=ExplodingClient, delivery_mode="batch")
+
+    outcome = await deliverer.deliver([record_json(id="boom-1"), record_json(id="fine")], 0)
+
+    assert (outcome.delivered, outcome.dead) == (0, [])
+    assert retry_ids(outcome) == ["boom-1", "fine"]
+    assert fake_akto.records == []
 
 
 async def test_empty_batch_is_a_no_op(fake_akto: FakeAkto, make_deliverer: MakeDeliverer) -> None:
@@ -327,19 +434,22 @@ async def test_batch_422_falls_back_to_per_record(
     fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory
 ) -> None:
     records = [record_json(id="ok-1"), record_json(id="bad-1"), record_json(id="ok-2", mode="monitor")]
+    records.append(record_json(id="big-1", prompt="x" * 300 * 1024))
     deliverer = make_deliverer(fake_akto.url, delivery_mode="batch", client_cls=BadRecordClient)
 
     outcome = await deliverer.deliver(records, 1)
 
-    assert outcome.delivered == 2
+    assert outcome.delivered == 3
     assert outcome.retry == []
     [letter] = outcome.dead
     assert (letter.id, letter.reason, letter.last_status, letter.attempts) == ("bad-1", "rejected", 422, 2)
-    # One refused batch call (nothing stored), then one http-proxy call per record.
-    assert fake_akto.stats()["requests"] == {"200": 2, "422": 2}
+    # One refused batch call (nothing stored), then one call per record: http-proxy for those
+    # within its limits, ingestData for the one past them.
+    assert fake_akto.stats()["requests"] == {"200": 3, "422": 2}
     assert sorted((r.endpoint, r.message_id) for r in fake_akto.records) == [
         ("http-proxy", "ok-1"),
         ("http-proxy", "ok-2"),
+        ("ingestData", "big-1"),
     ]
     monitor = next(r for r in fake_akto.records if r.message_id == "ok-2")
     assert monitor.query["guardrails"] == "true"

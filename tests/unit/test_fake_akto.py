@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -265,13 +265,43 @@ async def test_delay_and_hang_until_reset(akto: FakeAkto, http: aiohttp.ClientSe
     with pytest.raises(asyncio.TimeoutError):
         async with asyncio.timeout(0.3):
             await post(http, url, envelope())
-    assert len(akto.records) == 2
+    # The client gave up before an answer: once released, the request is abandoned, never stored.
+    assert len(akto.records) == 1
+    akto.configure(hang=False)
+    await _until(lambda: akto.stats()["abandoned"] == 1)
+    assert len(akto.records) == 1
 
+    akto.configure(hang=True)
     pending = asyncio.create_task(post(http, url, envelope()))
     await asyncio.sleep(0.1)
     assert not pending.done()
+    assert len(akto.records) == 1
     akto.reset()
     assert (await asyncio.wait_for(pending, 2))[0] == 200
+    assert len(akto.records) == 1
+
+
+async def test_a_record_is_stored_only_after_its_delay(akto: FakeAkto, http: aiohttp.ClientSession) -> None:
+    url = f"{akto.url}/api/http-proxy?ingest_data=true"
+    akto.configure(delay_ms=400)
+    answered = asyncio.create_task(post(http, url, envelope()))
+    await asyncio.sleep(0.2)
+    assert akto.records == []  # in flight: not delivered yet
+    assert (await answered)[0] == 200
+    assert len(akto.records) == 1
+
+    # A sender that dies during the delay has delivered nothing.
+    gone = asyncio.create_task(post(http, url, envelope()))
+    await asyncio.sleep(0.2)
+    gone.cancel()
+    await _until(lambda: akto.stats()["abandoned"] == 1)
+    assert len(akto.records) == 1
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(3):
+        for _ in iter(predicate, True):  # polled: the fake signals nothing when it abandons a request
+            await asyncio.sleep(0.02)
 
 
 async def test_restart_on_same_port_keeps_records(akto: FakeAkto, http: aiohttp.ClientSession) -> None:

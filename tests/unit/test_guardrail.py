@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from fastapi import HTTPException
+from litellm.types.guardrails import LitellmParams
 from redis.asyncio import Redis
 
 from akto_hook import AktoGuardrail, capture, metrics
-from akto_hook import guardrail as guardrail_module
 from akto_ingest.errors import ConfigError
 from akto_ingest.queue import inbox_key
 from akto_ingest.record import Record
@@ -57,17 +57,22 @@ def test_env_variables_supply_url_key_and_mode(monkeypatch: pytest.MonkeyPatch) 
     assert guard.settings.on_flagged == "monitor"
 
 
-def test_config_on_flagged_wins_over_env_when_litellm_has_no_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AKTO_ON_FLAGGED", "monitor")
-    monkeypatch.setattr(guardrail_module, "_litellm_default", lambda field: None)
-    assert build(**GOOD, on_flagged="block").settings.on_flagged == "block"
+def test_config_on_flagged_other_than_litellms_default_wins_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # "monitor" is not LiteLLM's default, so the user wrote it: it beats the environment.
+    monkeypatch.setenv("AKTO_ON_FLAGGED", "block")
+    assert LitellmParams.model_fields["on_flagged"].default != "monitor"
+    assert build(**GOOD, on_flagged="monitor").settings.on_flagged == "monitor"
 
 
 def test_env_wins_when_litellm_filled_in_its_own_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    # LiteLLM releases that default on_flagged to "block" pass it even when config.yaml omits it.
+    # The installed LiteLLM types on_flagged with a default and passes it even when config.yaml
+    # omits the key, so that value cannot be told from the user's: the environment decides.
+    litellm_default = LitellmParams.model_fields["on_flagged"].default
+    assert litellm_default == "block"
     monkeypatch.setenv("AKTO_ON_FLAGGED", "monitor")
-    monkeypatch.setattr(guardrail_module, "_litellm_default", lambda field: "block")
-    assert build(**GOOD, on_flagged="block").settings.on_flagged == "monitor"
+    assert build(**GOOD, on_flagged=litellm_default).settings.on_flagged == "monitor"
+    monkeypatch.delenv("AKTO_ON_FLAGGED")
+    assert build(**GOOD, on_flagged=litellm_default).settings.on_flagged == "block"
 
 
 def test_unrelated_litellm_kwargs_are_accepted() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import pickle
 from collections.abc import Callable
@@ -15,10 +16,12 @@ from redis.asyncio import Redis
 
 from akto_ingest import dlq
 from akto_ingest.config import WorkerConfig
+from akto_ingest.errors import ConfigError
 from akto_ingest.queue import DEAD_LETTER_FUNCTION, DELIVER_FUNCTION, decode_job
 from akto_ingest.record import now_ms
 from akto_worker import jobs
-from akto_worker.delivery import Deliverer
+from akto_worker.deadline import JobLimits, job_limits
+from akto_worker.delivery import Deliverer, Outcome
 from akto_worker.state import WorkerState
 from tests.fake_akto import FakeAkto
 
@@ -248,3 +251,65 @@ async def test_redis_failure_while_persisting_asks_arq_to_rerun(
 def test_job_ttl_outlives_retention_by_a_day() -> None:
     state = WorkerState(None, WorkerConfig.load({"retention_seconds": 600}, env={}), QUEUE)  # type: ignore[arg-type]
     assert state.job_ttl_ms == (600 + 86_400) * 1000
+
+
+async def test_redis_that_never_answers_while_persisting_ends_the_job_with_retry_by_its_deadline(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Redis that accepts connections and never answers: the client would wait for ever.
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    monkeypatch.setattr(jobs, "job_limits", lambda _: JobLimits(delivery_seconds=1, persist_seconds=0.3, job_timeout=3))
+    redis = Redis(host="127.0.0.1", port=port)
+    fake_akto.configure(status=503)
+    ctx = make_ctx(redis, make_deliverer(fake_akto.url, **CONFIG))
+    try:
+        # arq's own limit on the job: reaching it would be terminal (the job and its records deleted).
+        async with asyncio.timeout(3):
+            with pytest.raises(Retry) as info:
+                await jobs.deliver(ctx, [record_json(id="a")], 0)
+    finally:
+        await redis.aclose(close_connection_pool=True)
+        silent.close()
+    assert info.value.defer_score == jobs.RERUN_DEFER_SECONDS * 1000
+
+
+async def test_an_unexpected_error_delivering_keeps_the_whole_job(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, fake_redis: Any
+) -> None:
+    class Broken(Deliverer):
+        async def deliver(self, records: list[str], attempt: int, deadline: float | None = None) -> Outcome:
+            raise KeyError("a bug")
+
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG))
+    ctx["akto"].deliverer.__class__ = Broken
+
+    with pytest.raises(Retry):
+        await jobs.deliver(ctx, [record_json(id="a")], 0)
+    assert await fake_redis.zcard(QUEUE) == 0
+    assert await dlq.count(fake_redis, QUEUE) == 0
+
+
+@pytest.mark.parametrize(
+    ("delivery_timeout", "delivery_seconds", "job_timeout", "stop_wait"),
+    [(10, 30, 45, 45), (2, 10, 25, 25), (30, 90, 105, 45), (0.1, 10, 25, 25), (300, 900, 915, 45)],
+)
+def test_job_limits_follow_the_delivery_timeout(
+    delivery_timeout: float, delivery_seconds: float, job_timeout: int, stop_wait: int
+) -> None:
+    limits = job_limits(delivery_timeout)
+    assert (limits.delivery_seconds, limits.persist_seconds) == (delivery_seconds, 10)
+    assert (limits.job_timeout, limits.stop_wait) == (job_timeout, stop_wait)
+
+
+def test_no_delivery_timeout_puts_arqs_timeout_inside_the_jobs_own_work() -> None:
+    for tenths in range(1, 3001, 7):
+        limits = job_limits(tenths / 10)
+        assert limits.delivery_seconds >= 3 * (tenths / 10)  # room for a chunk, its fallback, and more
+        assert limits.job_timeout >= limits.delivery_seconds + limits.persist_seconds + 5
+
+
+@pytest.mark.parametrize("delivery_timeout", [300.5, 10_000])
+def test_a_delivery_timeout_over_300_s_is_refused_naming_the_variable(delivery_timeout: float) -> None:
+    with pytest.raises(ConfigError, match=r"AKTO_DELIVERY_TIMEOUT=\S+ is out of range: .* at most 300 seconds"):
+        job_limits(delivery_timeout)

@@ -11,14 +11,17 @@ from akto_ingest.config import AktoSettings
 from akto_ingest.errors import AktoBadResponse, RecordError, RecordTooLarge
 from akto_ingest.record import SCHEMA_VERSION, Record, strip_credentials
 from akto_ingest.wire import (
+    INGEST_DATA_LIMITS,
     MAX_RECORD_BYTES,
     MAX_STRING_BYTES,
     MESSAGE_ID_HEADER,
     SESSION_ID_HEADER,
     check_size,
+    encode,
     envelope,
     http_proxy_params,
     parse_verdict,
+    too_large,
 )
 
 AKTO = AktoSettings.load({"akto_base_url": "http://akto:9090", "akto_api_key": "k"}, env={})
@@ -107,7 +110,11 @@ def test_envelope_matches_the_reference_field_by_field() -> None:
     assert body == {
         "path": "/v1/chat/completions",
         "method": "POST",
-        "requestHeaders": body["requestHeaders"],  # checked separately above
+        # Credentials stripped, names lower-cased, the call id added as Akto's message id.
+        "requestHeaders": (
+            '{"content-type":"application/json","user-agent":"curl/8","x-request-id":"r-1",'
+            '"x-akto-installer-akto_message_id":"chatcmpl-call-1"}'
+        ),
         "responseHeaders": compact({"content-type": "application/json"}),
         "requestPayload": compact(expected_payload),
         "responsePayload": compact({"choices": [{"message": {"role": "assistant", "content": "Hi"}}]}),
@@ -277,8 +284,12 @@ def test_check_size_returns_the_encoded_size() -> None:
 
 def test_check_size_rejects_a_300_kib_string() -> None:
     record = make(request_body={"model": "m", "messages": [{"role": "user", "content": "a" * 300 * 1024}]})
-    with pytest.raises(RecordTooLarge, match=r"field requestPayload is \d+ bytes; Akto accepts 262144"):
+    with pytest.raises(
+        RecordTooLarge, match=r"field requestPayload is \d+ bytes; Akto's /api/http-proxy accepts 262144"
+    ):
         check_size(envelope(record, AKTO))
+    # ingestData takes it.
+    assert encode(envelope(record, AKTO), INGEST_DATA_LIMITS) == compact(envelope(record, AKTO)).encode()
 
 
 def test_check_size_counts_bytes_not_characters() -> None:
@@ -294,9 +305,39 @@ def test_check_size_accepts_a_string_right_at_the_limit() -> None:
 
 def test_check_size_rejects_a_3_mib_record_of_small_strings() -> None:
     body = {f"f{i}": "b" * 200 * 1024 for i in range(16)}  # each string fine, 3.1 MiB in total
-    with pytest.raises(RecordTooLarge, match=f"record is \\d+ bytes; Akto accepts {MAX_RECORD_BYTES}"):
+    with pytest.raises(
+        RecordTooLarge, match=f"record is \\d+ bytes; Akto's /api/http-proxy accepts {MAX_RECORD_BYTES}"
+    ):
         check_size(body)
     assert isinstance(RecordTooLarge("x"), RecordError)
+    assert too_large(body, encode(body, INGEST_DATA_LIMITS), INGEST_DATA_LIMITS) == ""
+
+
+def test_ingest_data_limits_are_5_mib_a_string_and_10_mib_a_body() -> None:
+    assert (INGEST_DATA_LIMITS.max_string_bytes, INGEST_DATA_LIMITS.max_body_bytes) == (5 * 1024**2, 10 * 1024**2)
+    at_limit = {"path": "a" * INGEST_DATA_LIMITS.max_string_bytes}
+    assert len(encode(at_limit, INGEST_DATA_LIMITS)) == INGEST_DATA_LIMITS.max_string_bytes + len('{"path":""}')
+    with pytest.raises(RecordTooLarge, match="field path is 5242881 bytes; Akto's /api/ingestData accepts 5242880"):
+        encode({"path": "a" * (INGEST_DATA_LIMITS.max_string_bytes + 1)}, INGEST_DATA_LIMITS)
+
+
+def test_ingest_data_body_limit_counts_the_batch_wrapper_and_publish_flag() -> None:
+    # One record alone in a batch, with the publish flag: {"batchData":[{...,"publishToGuardrails":true}]}
+    wrapper = len('{"batchData":[') + len("]}") + len(',"publishToGuardrails":true')
+    strings = 3
+    filler = (INGEST_DATA_LIMITS.max_body_bytes - wrapper - len(compact({f"f{i}": "" for i in range(strings)}))) // 3
+
+    def body(extra: int) -> dict[str, str]:
+        values = {f"f{i}": "b" * filler for i in range(strings)}
+        values["f0"] += "b" * extra
+        return values
+
+    fits = body(INGEST_DATA_LIMITS.max_body_bytes - wrapper - len(compact(body(0))))
+    assert len(compact(fits)) + wrapper == INGEST_DATA_LIMITS.max_body_bytes
+    assert too_large(fits, compact(fits).encode(), INGEST_DATA_LIMITS) == ""
+    over = body(INGEST_DATA_LIMITS.max_body_bytes - wrapper - len(compact(body(0))) + 1)
+    with pytest.raises(RecordTooLarge, match="record is 10485761 bytes; Akto's /api/ingestData accepts 10485760"):
+        encode(over, INGEST_DATA_LIMITS)
 
 
 # -- record decoding -------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Delivering one batch of records to Akto: per record (``/api/http-proxy``) or in bulk (``/api/ingestData``).
 
-A batch never fails as a whole. Each record ends in exactly one of three lists: delivered, to retry,
-or dead letters, and the job (``jobs.py``) persists the last two before it returns.
+A batch never fails as a whole. Every send returns one result per record it was given (delivered,
+to retry, or a dead letter) and :meth:`Deliverer.deliver` gathers them into an :class:`Outcome`, which
+the job (``jobs.py``) persists. A send that ends in an error we did not foresee, or that is still
+running at the job's delivery deadline, means retry.
 """
 
 from __future__ import annotations
@@ -9,39 +11,79 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from akto_ingest import dlq
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings, WorkerConfig
 from akto_ingest.errors import AktoError, AktoHTTPError, RecordTooLarge
 from akto_ingest.record import Record, now_ms
-from akto_ingest.wire import MAX_BATCH_BYTES, batch_body, encode, envelope, with_publish_flag
+from akto_ingest.wire import (
+    BATCH_PREFIX,
+    BATCH_SUFFIX,
+    HTTP_PROXY_LIMITS,
+    INGEST_DATA_LIMITS,
+    encode,
+    envelope,
+    too_large,
+    with_publish_flag,
+)
 
 from . import metrics
+from .deadline import job_limits
 from .retry import is_retryable
 
 log = logging.getLogger("akto_worker")
 
-# A batch job must finish well inside arq's job timeout (see settings.py): whatever is still
-# in flight at this point is handed to the retry job instead of being cut off by arq.
-BATCH_BUDGET_SECONDS = 30.0
-BATCH_WRAPPER_BYTES = len(batch_body([]))
+BATCH_WRAPPER_BYTES = len(BATCH_PREFIX) + len(BATCH_SUFFIX)
+DEADLINE_PASSED = "the job's delivery deadline passed"
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Item:
     raw: str
     record: Record
     encoded: bytes
+    # Over http-proxy's limits, so even a lone send goes through ingestData.
+    ingest_only: bool
+
+    @property
+    def entry(self) -> bytes:
+        """Its ingestData batch entry: a monitor record asks Akto to check it asynchronously,
+        since ingestData returns no verdict."""
+        return with_publish_flag(self.encoded) if self.record.mode == "monitor" else self.encoded
 
 
-@dataclass
+@dataclass(frozen=True)
+class Delivered:
+    item: _Item
+
+
+@dataclass(frozen=True)
+class ToRetry:
+    item: _Item
+    # Empty when the record was not sent at all because Akto had just failed for the batch.
+    error: str
+
+
+@dataclass(frozen=True)
+class Dead:
+    letter: dlq.DeadLetter
+
+
+Result = Delivered | ToRetry | Dead
+
+
+@dataclass(frozen=True)
 class Outcome:
-    delivered: int = 0
-    retry: list[_Item] = field(default_factory=list)
-    dead: list[dlq.DeadLetter] = field(default_factory=list)
-    last_error: str = ""
+    """Where each record of a batch ended: every record is in exactly one of the three."""
+
+    delivered: int
+    retry: list[_Item]
+    dead: list[dlq.DeadLetter]
+    last_error: str
 
 
 class Deliverer:
@@ -53,70 +95,68 @@ class Deliverer:
         self._config = config
         self._slots = asyncio.Semaphore(config.concurrency)
 
-    async def deliver(self, records: list[str], attempt: int) -> Outcome:
-        outcome = Outcome()
-        items = self._prepare(records, attempt, outcome)
-        if self._config.delivery_mode == "batch":
-            pending = self._send_batches(items, attempt, outcome)
-        else:
-            pending = self._send_each(items, attempt, outcome)
-        await pending
-        self._expire_old(outcome, attempt)
-        return outcome
-
-    def _prepare(self, records: list[str], attempt: int, outcome: Outcome) -> list[_Item]:
+    async def deliver(self, records: list[str], attempt: int, deadline: float | None = None) -> Outcome:
+        """Deliver what can be delivered before ``deadline`` (on the event loop's clock; by default
+        the job's delivery budget from now). The rest is to retry."""
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + job_limits(self._config.delivery_timeout).delivery_seconds
+        results: list[Result] = []
         items = []
         for raw in records:
-            try:
-                record = Record.from_json(raw)
-                encoded = encode(envelope(record, self._akto))
-            except RecordTooLarge as exc:
-                outcome.dead.append(
-                    dlq.make(
-                        raw, record_id=record.id, reason="too_large", detail=str(exc), created_ms=record.created_ms
-                    )
-                )
-                continue
-            except Exception as exc:  # one bad record must never fail its whole batch
-                outcome.dead.append(dead_letter_for(raw, reason="invalid_record", detail=str(exc)))
-                continue
-            items.append(_Item(raw, record, encoded))
-        return items
+            prepared = self._prepare(raw)
+            if isinstance(prepared, Dead):
+                results.append(prepared)
+            else:
+                items.append(prepared)
+        if self._config.delivery_mode == "batch":
+            results += await self._send_batches(items, attempt, deadline)
+        else:
+            results += await self._send_each(items, attempt, deadline)
+        return self._outcome(results, attempt)
 
-    async def _send_each(self, items: list[_Item], attempt: int, outcome: Outcome) -> None:
-        akto_down = asyncio.Event()
-        tasks = {asyncio.create_task(self._send_one(item, attempt, outcome, akto_down)): item for item in items}
-        if not tasks:
-            return
-        _, late = await asyncio.wait(tasks, timeout=BATCH_BUDGET_SECONDS)
-        for task in late:
-            task.cancel()
-            outcome.retry.append(tasks[task])
-        if late:
-            outcome.last_error = f"batch budget of {BATCH_BUDGET_SECONDS}s ran out"
+    def _prepare(self, raw: str) -> _Item | Dead:
+        try:
+            record = Record.from_json(raw)
+            body = envelope(record, self._akto)
+            encoded = encode(body, INGEST_DATA_LIMITS)
+        except RecordTooLarge as exc:
+            return Dead(
+                dlq.make(raw, record_id=record.id, reason="too_large", detail=str(exc), created_ms=record.created_ms)
+            )
+        except Exception as exc:  # one bad record must never fail its whole batch
+            return Dead(dead_letter_for(raw, reason="invalid_record", detail=str(exc)))
+        return _Item(raw, record, encoded, ingest_only=bool(too_large(body, encoded, HTTP_PROXY_LIMITS)))
 
-    async def _send_one(self, item: _Item, attempt: int, outcome: Outcome, akto_down: asyncio.Event) -> None:
+    async def _send_each(self, items: list[_Item], attempt: int, deadline: float) -> list[Result]:
         # Once Akto looks down, the rest of the batch waits for the retry instead of each
         # record spending a full timeout to learn the same thing.
+        akto_down = asyncio.Event()
+        ended = await _run_until(deadline, [self._send_one(item, attempt, akto_down) for item in items])
+        return [_settle(item, end) for item, end in zip(items, ended, strict=True)]
+
+    async def _send_one(self, item: _Item, attempt: int, akto_down: asyncio.Event) -> Result:
         if akto_down.is_set():
-            outcome.retry.append(item)
-            return
+            return ToRetry(item, "")
         async with self._slots:
             if akto_down.is_set():
-                outcome.retry.append(item)
-                return
-            monitor = item.record.mode == "monitor"
+                return ToRetry(item, "")
             try:
                 with metrics.AKTO_LATENCY.time():
-                    verdict = await self._client.http_proxy(
-                        item.encoded, check_request=monitor, check_response=monitor, ingest=True
-                    )
+                    await self._post_one(item)
             except AktoError as exc:
-                self._failed([item], exc, attempt, outcome)
                 if is_retryable(exc):
                     akto_down.set()
-                return
-        outcome.delivered += 1
+                return self._failed(item, exc, attempt)
+        return Delivered(item)
+
+    async def _post_one(self, item: _Item) -> None:
+        if item.ingest_only:
+            await self._client.ingest_batch([item.entry])
+            return
+        monitor = item.record.mode == "monitor"
+        verdict = await self._client.http_proxy(
+            item.encoded, check_request=monitor, check_response=monitor, ingest=True
+        )
         if monitor and verdict.flagged:
             metrics.VIOLATIONS.inc()
             log.warning(
@@ -126,75 +166,143 @@ class Deliverer:
                 verdict.behaviour or "block",
             )
 
-    async def _send_batches(self, items: list[_Item], attempt: int, outcome: Outcome) -> None:
-        chunks: list[tuple[list[_Item], list[bytes]]] = []
-        chunk: list[_Item] = []
-        bodies: list[bytes] = []
-        size = 0
-        for item in items:
-            # Monitor records ask Akto to check them asynchronously: ingestData returns no verdict.
-            body = with_publish_flag(item.encoded) if item.record.mode == "monitor" else item.encoded
-            if chunk and size + len(body) + 1 > MAX_BATCH_BYTES - BATCH_WRAPPER_BYTES:
-                chunks.append((chunk, bodies))
-                chunk, bodies, size = [], [], 0
-            chunk.append(item)
-            bodies.append(body)
-            size += len(body) + 1  # and its separator
-        if chunk:
-            chunks.append((chunk, bodies))
-        for chunk, bodies in chunks:
-            try:
-                async with self._slots:
-                    with metrics.AKTO_LATENCY.time():
-                        await self._client.ingest_batch(bodies)
-            except AktoError as exc:
-                if is_retryable(exc):
-                    self._failed(chunk, exc, attempt, outcome)
-                    continue
-                # Akto refuses the whole call for one bad record and does not say which:
-                # send this chunk one by one so only the bad ones are dead-lettered.
-                await self._send_each(chunk, attempt, outcome)
-                continue
-            outcome.delivered += len(chunk)
+    async def _send_batches(self, items: list[_Item], attempt: int, deadline: float) -> list[Result]:
+        results: list[Result] = []
+        chunks = list(_chunks(items))
+        for index, (chunk, entries) in enumerate(chunks):
+            sent = await self._send_chunk(chunk, entries, attempt, deadline)
+            results += sent
+            if any(isinstance(r, ToRetry) for r in sent):
+                # Akto is down or the deadline passed: the later chunks wait for the retry too.
+                results += [ToRetry(item, "") for later, _ in chunks[index + 1 :] for item in later]
+                break
+        return results
 
-    def _failed(self, items: list[_Item], exc: AktoError, attempt: int, outcome: Outcome) -> None:
-        outcome.last_error = str(exc)
+    async def _send_chunk(
+        self, chunk: list[_Item], entries: list[bytes], attempt: int, deadline: float
+    ) -> list[Result]:
+        window = asyncio.timeout_at(deadline)
+        try:
+            async with window:
+                return await self._post_chunk(chunk, entries, attempt, deadline)
+        except Exception as exc:
+            if window.expired():
+                return [ToRetry(item, DEADLINE_PASSED) for item in chunk]
+            log.error("unexpected error delivering %d record(s); they will be retried", len(chunk), exc_info=exc)
+            return [ToRetry(item, f"unexpected error: {exc!r}") for item in chunk]
+
+    async def _post_chunk(
+        self, chunk: list[_Item], entries: list[bytes], attempt: int, deadline: float
+    ) -> list[Result]:
+        try:
+            async with self._slots:
+                with metrics.AKTO_LATENCY.time():
+                    await self._client.ingest_batch(entries)
+        except AktoError as exc:
+            if is_retryable(exc) or len(chunk) == 1:
+                return [self._failed(item, exc, attempt) for item in chunk]
+            # Akto refuses the whole call for one bad record and does not say which:
+            # send this chunk one by one so only the bad ones are dead-lettered.
+            return await self._send_each(chunk, attempt, deadline)
+        return [Delivered(item) for item in chunk]
+
+    def _failed(self, item: _Item, exc: AktoError, attempt: int) -> Result:
         if is_retryable(exc):
-            outcome.retry.extend(items)
-            return
-        status = exc.status if isinstance(exc, AktoHTTPError) else None
-        for item in items:
-            outcome.dead.append(
-                dlq.make(
-                    item.raw,
-                    record_id=item.record.id,
-                    reason="rejected",
-                    detail=str(exc),
-                    attempts=attempt + 1,
-                    created_ms=item.record.created_ms,
-                    last_status=status,
-                )
+            return ToRetry(item, str(exc))
+        return Dead(
+            dlq.make(
+                item.raw,
+                record_id=item.record.id,
+                reason="rejected",
+                detail=str(exc),
+                attempts=attempt + 1,
+                created_ms=item.record.created_ms,
+                last_status=exc.status if isinstance(exc, AktoHTTPError) else None,
             )
+        )
 
-    def _expire_old(self, outcome: Outcome, attempt: int) -> None:
-        """Records still failing after the retention period leave the queue for the dead letters."""
+    def _outcome(self, results: list[Result], attempt: int) -> Outcome:
+        """Gather the results; records still failing after the retention period become dead letters."""
+        errors = [r.error for r in results if isinstance(r, ToRetry) and r.error]
+        errors = errors or [r.letter.detail for r in results if isinstance(r, Dead) and r.letter.reason == "rejected"]
+        last_error = errors[-1] if errors else ""
         oldest_allowed = now_ms() - self._config.retention_seconds * 1000
-        keep = []
-        for item in outcome.retry:
-            if item.record.created_ms < oldest_allowed:
-                outcome.dead.append(
+        delivered = 0
+        retry: list[_Item] = []
+        dead: list[dlq.DeadLetter] = []
+        for result in results:
+            if isinstance(result, Delivered):
+                delivered += 1
+            elif isinstance(result, Dead):
+                dead.append(result.letter)
+            elif result.item.record.created_ms < oldest_allowed:
+                dead.append(
                     dlq.make(
-                        item.raw,
-                        record_id=item.record.id,
+                        result.item.raw,
+                        record_id=result.item.record.id,
                         reason="retries_exhausted",
-                        detail=outcome.last_error,
+                        detail=result.error or last_error,
                         attempts=attempt + 1,
-                        created_ms=item.record.created_ms,
+                        created_ms=result.item.record.created_ms,
                     )
                 )
             else:
-                keep.append(item)
-        outcome.retry = keep
+                retry.append(result.item)
+        return Outcome(delivered=delivered, retry=retry, dead=dead, last_error=last_error)
+
+
+async def _run_until(deadline: float, sends: list[Coroutine[Any, Any, Result]]) -> list[Result | Exception | None]:
+    """Run the sends concurrently until ``deadline`` (the event loop's clock). Each one ends as its
+    result, the exception it raised, or ``None`` when it was still running at the deadline."""
+    tasks = [asyncio.create_task(send) for send in sends]
+    if not tasks:
+        return []
+    try:
+        await asyncio.wait(tasks, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+    finally:
+        # Nothing outlives the job, whether the deadline passed or the job itself was cancelled.
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+    ended: list[Result | Exception | None] = []
+    for task in tasks:
+        exc = None if task.cancelled() else task.exception()
+        if task.cancelled():
+            ended.append(None)
+        elif isinstance(exc, Exception):
+            ended.append(exc)
+        elif exc is not None:
+            raise exc
+        else:
+            ended.append(task.result())
+    return ended
+
+
+def _settle(item: _Item, end: Result | Exception | None) -> Result:
+    """A send's end as a result: late (``None``) or failing in a way we did not foresee means retry."""
+    if end is None:
+        return ToRetry(item, DEADLINE_PASSED)
+    if isinstance(end, Exception):
+        log.error("unexpected error delivering call_id=%s; it will be retried", item.record.id, exc_info=end)
+        return ToRetry(item, f"unexpected error: {end!r}")
+    return end
+
+
+def _chunks(items: list[_Item]) -> Iterator[tuple[list[_Item], list[bytes]]]:
+    """Consecutive items, with their batch entries, whose body stays within ingestData's limit."""
+    chunk: list[_Item] = []
+    entries: list[bytes] = []
+    size = 0
+    for item in items:
+        entry = item.entry
+        if chunk and size + len(entry) + 1 > INGEST_DATA_LIMITS.max_body_bytes - BATCH_WRAPPER_BYTES:
+            yield chunk, entries
+            chunk, entries, size = [], [], 0
+        chunk.append(item)
+        entries.append(entry)
+        size += len(entry) + 1  # and its separator
+    if chunk:
+        yield chunk, entries
 
 
 def dead_letter_for(raw: str, *, reason: str, detail: str, attempts: int = 0) -> dlq.DeadLetter:

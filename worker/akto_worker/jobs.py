@@ -1,8 +1,11 @@
 """The arq job functions. Each returns normally once every record it held is delivered, queued for a
-retry, or dead-lettered: arq treats any other exception as terminal and would drop the job."""
+retry, or dead-lettered, or raises arq's ``Retry`` so the whole job runs again later. arq treats any
+other exception, and reaching the job timeout, as terminal and would drop the job: so every job
+works to the deadlines of ``deadline.py``, which end well before arq's timeout."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from typing import Any
@@ -14,7 +17,8 @@ from akto_ingest import dlq
 from akto_ingest.queue import enqueue_batch
 
 from . import metrics
-from .delivery import dead_letter_for
+from .deadline import job_limits
+from .delivery import Outcome, dead_letter_for
 from .retry import backoff_seconds
 from .state import WorkerState
 
@@ -23,21 +27,32 @@ log = logging.getLogger("akto_worker")
 # arq re-runs a job after a worker dies or is stopped mid-job. A batch that keeps killing its worker
 # (out of memory, say) must not loop forever: after this many runs it is dead-lettered.
 MAX_JOB_RUNS = 20
+# How long arq waits before running again a job that could not store its retries and dead letters.
+RERUN_DEFER_SECONDS = 5
 
 
 async def deliver(ctx: dict[str, Any], records: list[str], attempt: int) -> dict[str, int]:
     """Deliver one batch; failed records go to a new, deferred retry job or to the dead letters."""
     state: WorkerState = ctx["akto"]
     redis = ctx["redis"]
+    started = asyncio.get_running_loop().time()
+    limits = job_limits(state.config.delivery_timeout)
+    persist_by = started + limits.delivery_seconds + limits.persist_seconds
     if ctx.get("job_try", 1) > MAX_JOB_RUNS:
         letters = [
             dead_letter_for(raw, reason="worker_crash_loop", detail=f"batch ran {MAX_JOB_RUNS} times", attempts=attempt)
             for raw in records
         ]
-        await _persist(redis, state, [], letters, attempt)
+        await _persist(redis, state, [], letters, attempt, persist_by)
         return {"dead_lettered": len(letters)}
-    outcome = await state.deliverer.deliver(records, attempt)
-    await _persist(redis, state, [i.raw for i in outcome.retry], outcome.dead, attempt)
+    try:
+        outcome = await state.deliverer.deliver(records, attempt, started + limits.delivery_seconds)
+    except Exception as exc:
+        # A fault of ours, not of a record: keep the job, so arq runs it again (and, should the fault
+        # persist, dead-letters it as a crash loop after MAX_JOB_RUNS runs).
+        log.exception("delivering a batch of %d record(s) failed; the whole batch will run again", len(records))
+        raise Retry(defer=RERUN_DEFER_SECONDS) from exc
+    await _persist(redis, state, [i.raw for i in outcome.retry], outcome.dead, attempt, persist_by)
     metrics.DELIVERED.inc(outcome.delivered)
     if outcome.retry:
         log.warning(
@@ -47,38 +62,50 @@ async def deliver(ctx: dict[str, Any], records: list[str], attempt: int) -> dict
             outcome.last_error,
             ",".join(i.record.id for i in outcome.retry[:20]),
         )
+    return _summary(outcome)
+
+
+def _summary(outcome: Outcome) -> dict[str, int]:
     return {"delivered": outcome.delivered, "retried": len(outcome.retry), "dead_lettered": len(outcome.dead)}
 
 
 async def _persist(
-    redis: Any, state: WorkerState, retry: list[str], letters: list[dlq.DeadLetter], attempt: int
+    redis: Any, state: WorkerState, retry: list[str], letters: list[dlq.DeadLetter], attempt: int, deadline: float
 ) -> None:
+    """Store the retry job and the dead letters by ``deadline`` (the event loop's clock), or raise
+    ``Retry``: the job is still in Redis, so arq runs all of it again later and nothing is lost."""
     try:
-        if retry:
-            delay = backoff_seconds(attempt, state.config.backoff_base, state.config.backoff_max)
-            await enqueue_batch(
-                redis,
-                state.queue_name,
-                retry,
-                attempt=attempt + 1,
-                defer_ms=int(delay * 1000),
-                ttl_ms=state.job_ttl_ms,
-            )
-            metrics.RETRIED.inc(len(retry))
-        if letters:
-            await dlq.put(redis, state.queue_name, letters)
-            for letter in letters:
-                metrics.DEAD_LETTERED.labels(letter.reason).inc()
-                log.error(
-                    "akto record dead-lettered call_id=%s reason=%s detail=%s",
-                    letter.id,
-                    letter.reason,
-                    letter.detail,
+        async with asyncio.timeout_at(deadline):
+            if retry:
+                delay = backoff_seconds(attempt, state.config.backoff_base, state.config.backoff_max)
+                await enqueue_batch(
+                    redis,
+                    state.queue_name,
+                    retry,
+                    attempt=attempt + 1,
+                    defer_ms=int(delay * 1000),
+                    ttl_ms=state.job_ttl_ms,
                 )
-    except RedisError as exc:
-        # Nothing was lost yet: the job is still in Redis, so have arq run all of it again later.
-        log.error("cannot store retries or dead letters (%s); the whole batch will run again", exc)
-        raise Retry(defer=5) from exc
+            if letters:
+                await dlq.put(redis, state.queue_name, letters)
+    except (RedisError, TimeoutError) as exc:
+        log.error(
+            "cannot store %d retry record(s) and %d dead letter(s) in time (%s); the whole batch will run again",
+            len(retry),
+            len(letters),
+            exc or "Redis did not answer before the job's deadline",
+        )
+        raise Retry(defer=RERUN_DEFER_SECONDS) from exc
+    if retry:
+        metrics.RETRIED.inc(len(retry))
+    for letter in letters:
+        metrics.DEAD_LETTERED.labels(letter.reason).inc()
+        log.error(
+            "akto record dead-lettered call_id=%s reason=%s detail=%s",
+            letter.id,
+            letter.reason,
+            letter.detail,
+        )
 
 
 async def dead_letter_job(ctx: dict[str, Any], raw_b64: str, reason: str) -> dict[str, int]:
@@ -90,5 +117,7 @@ async def dead_letter_job(ctx: dict[str, Any], raw_b64: str, reason: str) -> dic
         text = "base64:" + raw_b64
     state: WorkerState = ctx["akto"]
     letter = dlq.make(text, record_id=None, reason="undecodable_job", detail=reason)
-    await _persist(ctx["redis"], state, [], [letter], 0)
+    limits = job_limits(state.config.delivery_timeout)
+    deadline = asyncio.get_running_loop().time() + limits.delivery_seconds + limits.persist_seconds
+    await _persist(ctx["redis"], state, [], [letter], 0, deadline)
     return {"dead_lettered": 1}

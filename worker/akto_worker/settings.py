@@ -23,17 +23,14 @@ from akto_ingest.config import AktoSettings, QueueSettings, WorkerConfig
 from akto_ingest.queue import Claimer, decode_job, encode_job
 
 from . import health
+from .claims import survive_connection_drops
 from .collector import collect, report_backlog
-from .delivery import BATCH_BUDGET_SECONDS, Deliverer
+from .deadline import job_limits
+from .delivery import Deliverer
 from .jobs import dead_letter_job, deliver
 from .state import WorkerState
 
 log = logging.getLogger("akto_worker")
-
-# arq cancels a job at its timeout and treats that as terminal, so the job's own budget
-# (BATCH_BUDGET_SECONDS) stays well below it. A killed worker's jobs become claimable again after
-# this timeout plus arq's 10 s, which keeps recovery under a minute.
-JOB_TIMEOUT_SECONDS = int(BATCH_BUDGET_SECONDS + 15)
 
 
 def redis_settings(url: str) -> RedisSettings:
@@ -80,6 +77,10 @@ def build_worker_settings(env: Mapping[str, str] | None = None) -> type:
     akto = AktoSettings.load(env=env)
     queue = QueueSettings.load(env=env)
     config = WorkerConfig.load(env=env)
+    # arq treats its job timeout as terminal: it is derived from the delivery timeout so that every job
+    # ends on its own deadlines first (deadline.py).
+    limits = job_limits(config.delivery_timeout)
+    survive_connection_drops()
     background: list[asyncio.Task[None]] = []
 
     async def startup(ctx: dict[str, Any]) -> None:
@@ -130,20 +131,20 @@ def build_worker_settings(env: Mapping[str, str] | None = None) -> type:
         (),
         {
             "functions": [
-                func(deliver, name="deliver", timeout=JOB_TIMEOUT_SECONDS),
-                func(dead_letter_job, name="dead_letter_job", timeout=JOB_TIMEOUT_SECONDS),
+                func(deliver, name="deliver", timeout=limits.job_timeout),
+                func(dead_letter_job, name="dead_letter_job", timeout=limits.job_timeout),
             ],
             "redis_settings": redis_settings(queue.redis_url),
             "queue_name": queue.queue_name,
             "max_jobs": max_jobs,
-            "job_timeout": JOB_TIMEOUT_SECONDS,
+            "job_timeout": limits.job_timeout,
             # Retries are ours (new deferred jobs); arq's own counter only guards crash loops.
             "max_tries": 1_000_000,
             "keep_result": 0,
             "poll_delay": 0.05,
             "job_serializer": encode_job,
             "job_deserializer": decode_job,
-            "job_completion_wait": JOB_TIMEOUT_SECONDS,
+            "job_completion_wait": limits.stop_wait,
             "retry_jobs": True,
             "health_check_interval": 10,
             "on_startup": startup,
