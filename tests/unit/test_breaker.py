@@ -21,6 +21,10 @@ TICK = 0.001
 WAIT_LIMIT = 30  # seconds; a bound on the wait, not a latency under test
 
 
+def segments(folder: Path) -> list[Path]:
+    return list(folder.glob("*.jsonl"))
+
+
 def first_seen(ids: list[str]) -> list[str]:
     """Ids in order of first appearance (a push cut off by the stall may land, then be replayed)."""
     seen: dict[str, None] = {}
@@ -59,28 +63,29 @@ async def test_a_redis_stall_under_load_closes_the_breaker_empties_the_spool_and
     started = time.monotonic()
     producer = asyncio.create_task(produce())
     try:
-        await asyncio.sleep(0.5)
-        server.proc.popen.send_signal(signal.SIGSTOP)
-        await wait_for_breaker(True, "the breaker to open")
-        await asyncio.sleep(1.0)
-        server.proc.popen.send_signal(signal.SIGCONT)
-        answered = time.monotonic()
-        stalled_records = len(produced)
-        # The load goes on: the breaker must close while records keep coming.
-        await wait_for_breaker(False, "the breaker to close under load")
-        closed_after = time.monotonic() - answered
-        await asyncio.sleep(0.5)  # records after the close go straight to Redis again
-        assert len(produced) > stalled_records
-    finally:
-        stop.set()
-        await producer
-        await asyncio.gather(*pending)
-        await enqueuer.close()
-    try:
+        try:
+            await asyncio.sleep(0.5)
+            server.proc.popen.send_signal(signal.SIGSTOP)
+            await wait_for_breaker(True, "the breaker to open")
+            await asyncio.sleep(1.0)
+            server.proc.popen.send_signal(signal.SIGCONT)
+            answered = time.monotonic()
+            stalled_records = len(produced)
+            # The load goes on: the breaker must close while records keep coming.
+            await wait_for_breaker(False, "the breaker to close under load")
+            closed_after = time.monotonic() - answered
+            await asyncio.sleep(0.5)  # records after the close go straight to Redis again
+            assert len(produced) > stalled_records
+        finally:
+            server.proc.popen.send_signal(signal.SIGCONT)
+            stop.set()
+            await producer
+            await asyncio.gather(*pending)
+            await enqueuer.close()
         raws = await redis.lrange(inbox_key(queue), 0, -1)
         ids = [Record.from_json(raw).id for raw in raws]
         assert first_seen(ids) == produced, "every record once, in capture order"
-        assert not list(spool_dir.glob("*.jsonl")), "the spool is empty"
+        assert not segments(spool_dir), "the spool is empty"
         rate = len(produced) / (time.monotonic() - started)
         print(f"\nbreaker closed {closed_after:.2f} s after Redis answered; {len(produced)} records, {rate:.0f}/s")
     finally:
