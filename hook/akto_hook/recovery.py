@@ -31,6 +31,8 @@ log = logging.getLogger("akto_hook")
 PROBE_INTERVAL_SECONDS = 0.5
 PROBE_TIMEOUT_SECONDS = 1.0
 REPLAY_TIMEOUT_SECONDS = 5.0
+# The draining step replays at most about this much of the current segment while new records wait.
+DRAIN_MAX_BYTES = 1024 * 1024
 HOUSEKEEPING_EVERY = 20  # probe intervals between spool reports / dead-process scans while healthy
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
@@ -90,6 +92,7 @@ class Recovery:
     async def _startup(self) -> None:
         """A restarted proxy replays what an earlier one left, at once, not at its first request.
         If Redis cannot take it yet, this process spools behind it until Redis answers."""
+        await self._spool.check_folder()
         try:
             await self._replay_dead()
         except REDIS_ERRORS as exc:
@@ -127,6 +130,8 @@ class Recovery:
         moved = await self._replay_dead()
         # Records keep coming into the active segment meanwhile; they are replayed below.
         moved += await self._spool.replay_own(self._push, REPLAY_TIMEOUT_SECONDS)
+        while self._spool.active_bytes > DRAIN_MAX_BYTES and await self._spool.rotate():
+            moved += await self._spool.replay_own(self._push, REPLAY_TIMEOUT_SECONDS)
         self.state = State.DRAINING  # new records now wait in the writer's (paused) group
         try:
             await self._spool.seal()

@@ -150,6 +150,27 @@ class Spool:
         active = self._active.size if self._active else 0
         return self._sealed_bytes + self._foreign_bytes + active + self._backlog_bytes
 
+    @property
+    def active_bytes(self) -> int:
+        return self._active.size if self._active else 0
+
+    async def check_folder(self) -> None:
+        """Say at start, loudly, when the spool folder cannot be created (records would be dropped)."""
+        try:
+            await asyncio.to_thread(self.folder.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            log.critical(
+                "akto spool folder %s is unusable (%s): records would be DROPPED while Redis is down", self.folder, exc
+            )
+
+    async def rotate(self) -> bool:
+        """Seal the active segment and go on in a new one (so a replay can catch up with it);
+        False when no new segment could be opened."""
+        async with self._io:
+            before = self._active
+            await self._rotate()
+            return self._active is not before
+
     def pending(self) -> bool:
         """Whether this process has records on disk (or on their way there) not yet replayed."""
         return self._active is not None or bool(self._sealed) or bool(self._backlog) or bool(self._retired)

@@ -28,7 +28,6 @@ class GroupWriter:
         self._timeout = timeout
         self._on_failure = on_failure
         self._group: _Group | None = None
-        self._in_flight: list[Entry] = []
         self._wakeup = asyncio.Event()
         self.paused = False
 
@@ -50,10 +49,6 @@ class GroupWriter:
         group.resolve(False)
         return group.records
 
-    def unsent(self) -> list[Entry]:
-        """Every record not known to be in Redis: the group in flight, then the one waiting."""
-        return self._in_flight + (self._group.records if self._group else [])
-
     def resume(self) -> None:
         self.paused = False
         self._wakeup.set()
@@ -74,11 +69,7 @@ class GroupWriter:
         """Send waiting groups until none is left (or the writer is paused)."""
         while self._group is not None and not self.paused:
             group, self._group = self._group, None
-            self._in_flight = group.records
-            try:
-                group.resolve(await self._send(group.records))
-            finally:
-                self._in_flight = []
+            group.resolve(await self._send(group.records))
 
     async def _send(self, batch: list[Entry]) -> bool:
         try:

@@ -7,8 +7,10 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
+from akto_hook import recovery, spool
 from akto_hook.enqueue import Enqueuer
 from akto_ingest.queue import inbox_key
 from akto_ingest.record import Record
@@ -33,7 +35,13 @@ def first_seen(ids: list[str]) -> list[str]:
     return list(seen)
 
 
-async def test_a_redis_stall_under_load_closes_the_breaker_empties_the_spool_and_keeps_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize("segment_bytes", [spool.SEGMENT_BYTES, 64 * 1024], ids=["one-segment", "many-segments"])
+async def test_a_redis_stall_under_load_closes_the_breaker_empties_the_spool_and_keeps_order(
+    tmp_path: Path, segment_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small segments make the outage rotate several times and the close go through rotations too.
+    monkeypatch.setattr(spool, "SEGMENT_BYTES", segment_bytes)
+    monkeypatch.setattr(recovery, "DRAIN_MAX_BYTES", min(recovery.DRAIN_MAX_BYTES, segment_bytes // 4))
     server = new_redis(tmp_path)
     spool_dir = tmp_path / "spool"
     queue = "akto:test:stall"

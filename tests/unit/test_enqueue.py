@@ -136,3 +136,34 @@ async def test_a_removed_spool_folder_is_recreated(tmp_path: Path) -> None:
         await enqueuer.close()
     assert enqueuer._spool.dropped == 0
     assert [Record.from_json(line).id for s in segments(folder) for line in s.read_text().splitlines()] == ["call-1"]
+
+
+async def test_a_segment_replayed_halfway_resumes_where_it_stopped(
+    real_redis: Redis, queue_name: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(recovery, "PROBE_INTERVAL_SECONDS", 0.05)
+    enqueuer = Enqueuer(REAL_REDIS_URL, queue_name, 0.05, tmp_path, 10 * 1024 * 1024)
+    healthy = enqueuer._push_many
+    state = {"down": True, "replayed_chunks": 0}
+
+    async def fails_on_the_second_chunk(lines: list[str]) -> None:
+        if state["down"]:
+            raise RedisConnectionError("Redis is down")
+        state["replayed_chunks"] += 1
+        if state["replayed_chunks"] == 2:
+            raise RedisConnectionError("Redis went away mid-replay")
+        await healthy(lines)
+
+    enqueuer._push_many = fails_on_the_second_chunk  # type: ignore[method-assign]
+    try:
+        for i in range(1200):  # more than two replay chunks of 500
+            await enqueuer.put(rec(i))
+        state["down"] = False
+        for _ in range(200):
+            if not enqueuer.breaker_open and len(await inbox_ids(real_redis, queue_name)) >= 1200:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await enqueuer.close()
+    assert await inbox_ids(real_redis, queue_name) == [f"call-{i}" for i in range(1200)], "nothing pushed twice"
+    assert not segments(tmp_path)
