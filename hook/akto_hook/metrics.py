@@ -22,4 +22,6 @@ TASK_FAILURES = Counter(
 )
 CAPTURE_FAILURES = Counter("akto_hook_capture_failures", "Calls whose record could not be built (a bug: see the log)")
 BLOCKED = Counter("akto_hook_blocked", "Requests blocked by an Akto verdict")
-FALLBACK = Counter("akto_hook_fallback", "Requests decided by unreachable_fallback", ["decision"])
+# reason: unreachable, http_error, unreadable_body, akto_fail_open (Akto's gateway answered failOpen),
+# too_large, internal_error (the check could not be built).
+FALLBACK = Counter("akto_hook_fallback", "Requests decided by unreachable_fallback", ["decision", "reason"])
