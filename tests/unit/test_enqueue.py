@@ -167,3 +167,42 @@ async def test_a_segment_replayed_halfway_resumes_where_it_stopped(
         await enqueuer.close()
     assert await inbox_ids(real_redis, queue_name) == [f"call-{i}" for i in range(1200)], "nothing pushed twice"
     assert not segments(tmp_path)
+
+
+async def test_a_sibling_sharing_the_folder_neither_holds_the_breaker_open_nor_loses_its_records(
+    real_redis: Redis, queue_name: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(recovery, "PROBE_INTERVAL_SECONDS", 0.05)
+    cut_off = Enqueuer("redis://127.0.0.1:1/0", queue_name, 0.05, tmp_path, 10 * 1024 * 1024)
+    for i in range(5):
+        assert await cut_off.put(rec(i)) is False
+    enqueuer = Enqueuer(REAL_REDIS_URL, queue_name, 0.05, tmp_path, 10 * 1024 * 1024)
+    healthy = enqueuer._push_many
+    down = True
+
+    async def flaky(lines: list[str]) -> None:
+        if down:
+            raise RedisConnectionError("Redis is down")
+        await healthy(lines)
+
+    enqueuer._push_many = flaky  # type: ignore[method-assign]
+    try:
+        for i in range(5, 8):
+            assert await enqueuer.put(rec(i)) is False
+        down = False
+        for _ in range(200):
+            if not enqueuer.breaker_open:
+                break
+            await asyncio.sleep(0.05)
+        assert not enqueuer.breaker_open, "a live sibling's segments must not hold this breaker open"
+        assert await inbox_ids(real_redis, queue_name) == ["call-5", "call-6", "call-7"]
+        await cut_off.close()  # now its segments belong to nobody: the sibling replays them
+        for _ in range(400):
+            if len(await inbox_ids(real_redis, queue_name)) == 8:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await cut_off.close()
+        await enqueuer.close()
+    assert sorted(await inbox_ids(real_redis, queue_name)) == [f"call-{i}" for i in range(8)]
+    assert not segments(tmp_path)
