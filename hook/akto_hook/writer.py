@@ -29,6 +29,7 @@ class GroupWriter:
         self._on_failure = on_failure
         self._group: _Group | None = None
         self._wakeup = asyncio.Event()
+        self._sending = asyncio.Lock()  # one push at a time, so groups land in capture order
         self.paused = False
 
     def add(self, loop: asyncio.AbstractEventLoop, line: str, call_id: str) -> asyncio.Future[bool]:
@@ -56,6 +57,7 @@ class GroupWriter:
     def rebind(self) -> None:
         """A new event loop: the wake-up event of the old one cannot be awaited there."""
         self._wakeup = asyncio.Event()
+        self._sending = asyncio.Lock()
         if self._group is not None:
             self._wakeup.set()
 
@@ -67,9 +69,10 @@ class GroupWriter:
 
     async def flush(self) -> None:
         """Send waiting groups until none is left (or the writer is paused)."""
-        while self._group is not None and not self.paused:
-            group, self._group = self._group, None
-            group.resolve(await self._send(group.records))
+        async with self._sending:
+            while self._group is not None and not self.paused:
+                group, self._group = self._group, None
+                group.resolve(await self._send(group.records))
 
     async def _send(self, batch: list[Entry]) -> bool:
         try:

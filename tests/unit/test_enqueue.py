@@ -206,3 +206,29 @@ async def test_a_sibling_sharing_the_folder_neither_holds_the_breaker_open_nor_l
         await enqueuer.close()
     assert sorted(await inbox_ids(real_redis, queue_name)) == [f"call-{i}" for i in range(8)]
     assert not segments(tmp_path)
+
+
+async def test_close_lands_the_group_in_flight_and_the_one_behind_it(
+    real_redis: Redis, queue_name: str, tmp_path: Path
+) -> None:
+    enqueuer = Enqueuer(REAL_REDIS_URL, queue_name, 0.5, tmp_path, 10 * 1024 * 1024)
+    healthy = enqueuer._push_many
+
+    pushes = 0
+
+    async def slow(lines: list[str]) -> None:
+        nonlocal pushes
+        pushes += 1
+        if pushes == 1:
+            await asyncio.sleep(0.2)  # the first push is still in flight when shutdown begins
+        await healthy(lines)
+
+    enqueuer._push_many = slow  # type: ignore[method-assign]
+    first = [asyncio.create_task(enqueuer.put(rec(i))) for i in range(10)]
+    await asyncio.sleep(0.01)
+    second = [asyncio.create_task(enqueuer.put(rec(i))) for i in range(10, 20)]
+    await asyncio.sleep(0)
+    await enqueuer.close()
+    await asyncio.gather(*first, *second)
+    assert await inbox_ids(real_redis, queue_name) == [f"call-{i}" for i in range(20)]
+    assert not segments(tmp_path)
