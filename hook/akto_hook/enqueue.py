@@ -98,7 +98,7 @@ class Enqueuer:
             return False
         self.start()
         if self._recovery.spooling:
-            self._spool.append(line, record.id)
+            self._recovery.spool(line, record.id)
             return False
         loop = self._loop or asyncio.get_running_loop()
         return await self._writer.add(loop, line, record.id)

@@ -6,6 +6,8 @@ A probe pings Redis every ``PROBE_INTERVAL_SECONDS``; once it answers the spool 
 chunk within ``REPLAY_TIMEOUT_SECONDS``). To close under load the breaker passes through
 *draining*: new records gather in memory while the last, short segment is replayed, and then they
 follow it to Redis. So the breaker closes however fast records keep coming, and order is kept.
+When the spool refuses records (disk full or failing) they wait in memory, up to
+``HOLD_MAX_BYTES``, and follow the spool to Redis.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ PROBE_TIMEOUT_SECONDS = 1.0
 REPLAY_TIMEOUT_SECONDS = 5.0
 # The draining step replays at most about this much of the current segment while new records wait.
 DRAIN_MAX_BYTES = 1024 * 1024
+# What the spool refuses (disk full or failing) waits in memory for Redis, up to this much.
+HOLD_MAX_BYTES = 16 * 1024 * 1024
 HOUSEKEEPING_EVERY = 20  # probe intervals between spool reports / dead-process scans while healthy
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
@@ -55,6 +59,8 @@ class Recovery:
         self._owner = owner
         self.state = State.CLOSED
         self._ticks = 0
+        self._holding = False  # the spool refused a record: later ones wait in memory too, in order
+        self._held_bytes = 0
 
     @property
     def spooling(self) -> bool:
@@ -75,7 +81,27 @@ class Recovery:
             )
         self._open()
         for line, call_id in batch + self._writer.take():
-            self._spool.append(line, call_id)
+            self.spool(line, call_id)
+
+    def spool(self, line: str, call_id: str) -> None:
+        """While the breaker is open: to the spool. What the spool refuses waits in memory (bounded)
+        and goes to Redis right after the spool; past the bound it is dropped, loudly."""
+        if not self._holding:
+            problem = self._spool.offer(line, call_id)
+            if problem is None:
+                return
+            self._holding = True
+            log.critical(
+                "akto %s at %s: holding records in memory (up to %d bytes) until Redis answers",
+                problem,
+                self._spool.folder,
+                HOLD_MAX_BYTES,
+            )
+        if self._held_bytes + len(line) > HOLD_MAX_BYTES:
+            self._spool.drop(call_id, "the spool refused it and the memory hold is full")
+            return
+        self._held_bytes += len(line)
+        self._writer.add(asyncio.get_running_loop(), line, call_id)
 
     def _open(self) -> None:
         self.state = State.OPEN
@@ -138,10 +164,13 @@ class Recovery:
             moved += await self._spool.replay_own(self._push, REPLAY_TIMEOUT_SECONDS)
         except BaseException:
             self._open()
-            for line, call_id in self._writer.take():
-                self._spool.append(line, call_id)
+            if not self._holding:
+                for line, call_id in self._writer.take():
+                    self.spool(line, call_id)
             raise
         self.state = State.CLOSED
+        self._holding = False
+        self._held_bytes = 0
         metrics.BREAKER_OPEN.set(0)
         self._writer.resume()
         return moved

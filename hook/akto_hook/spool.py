@@ -78,6 +78,7 @@ class Spool:
         self._backlog_bytes = 0
         self._retired: list[_Segment] = []  # failed segments whose fd the maintainer closes
         self._dirty = False
+        self._refusing: str | None = None  # set when the disk refused waiting records; until sealed
         self._seq = 0
         self._wake = asyncio.Event()
         self._io = asyncio.Lock()
@@ -86,19 +87,26 @@ class Spool:
 
     def append(self, line: str, call_id: str) -> bool:
         """Add one record; False when it was dropped (counted, logged CRITICAL with its call id)."""
+        problem = self.offer(line, call_id)
+        if problem is not None:
+            self.drop(call_id, problem)
+        return problem is None
+
+    def offer(self, line: str, call_id: str) -> str | None:
+        """Add one record if the spool can take it; else say why (nothing counted: the caller decides)."""
+        if self._refusing is not None:
+            return self._refusing
         data = line.encode(errors="replace") + b"\n"
         if self.size_estimate() + len(data) > self.max_bytes:
-            self._drop(call_id, f"spool full ({self.max_bytes} bytes)")
-            return False
+            return f"spool full ({self.max_bytes} bytes)"
         if self._active is None or self._backlog:
             if self._backlog_bytes + len(data) > BACKLOG_MAX_BYTES:
-                self._drop(call_id, "spool not writable (no segment could be opened)")
-                return False
+                return "spool not writable (no segment could be opened)"
             self._backlog.append((data, call_id))
             self._backlog_bytes += len(data)
             self._wake.set()
-            return True
-        return self._write(self._active, data, call_id)
+            return None
+        return self._write(self._active, data)
 
     def append_blocking(self, line: str, call_id: str) -> bool:
         """Like :meth:`append`, opening a segment on the spot: for use after the loop is gone."""
@@ -108,7 +116,7 @@ class Spool:
             self._write_backlog()
         return self.append(line, call_id)
 
-    def _write(self, segment: _Segment, data: bytes, call_id: str) -> bool:
+    def _write(self, segment: _Segment, data: bytes) -> str | None:
         try:
             written = os.write(segment.fd, data)
             if written != len(data):
@@ -117,15 +125,14 @@ class Spool:
                 raise OSError(errno.ENOSPC, "short write (disk full?)")
         except OSError as exc:
             self._retire(segment)
-            self._drop(call_id, f"cannot write the spool: {exc}")
-            return False
+            return f"cannot write the spool: {exc}"
         segment.size += written
         segment.records += 1
         self._dirty = True
         metrics.SPOOLED.inc()
         if segment.size >= SEGMENT_BYTES:
             self._wake.set()
-        return True
+        return None
 
     def _retire(self, segment: _Segment) -> None:
         """Stop writing to a segment the disk refused; what it holds is still replayed."""
@@ -134,7 +141,8 @@ class Spool:
         self._retired.append(segment)
         self._wake.set()
 
-    def _drop(self, call_id: str, problem: str) -> None:
+    def drop(self, call_id: str, problem: str) -> None:
+        """Count and log (CRITICAL, with the call id) one record that is lost."""
         self.dropped += 1
         metrics.SPOOL_DROPPED.inc()
         log.critical(
@@ -225,8 +233,9 @@ class Spool:
             self._active = await _to_thread_to_the_end(self._open_segment)
         except OSError as exc:
             backlog, self._backlog, self._backlog_bytes = self._backlog, [], 0
+            self._refusing = f"cannot open a spool segment: {exc}"
             for _, call_id in backlog:
-                self._drop(call_id, f"cannot open a spool segment: {exc}")
+                self.drop(call_id, self._refusing)
             return
         self._write_backlog()
 
@@ -234,9 +243,10 @@ class Spool:
         backlog, self._backlog, self._backlog_bytes = self._backlog, [], 0
         for data, call_id in backlog:
             if self._active is None:
-                self._drop(call_id, "cannot write the spool (segment refused an earlier record)")
-            else:
-                self._write(self._active, data, call_id)
+                self.drop(call_id, "cannot write the spool (segment refused an earlier record)")
+            elif (problem := self._write(self._active, data)) is not None:
+                self._refusing = problem
+                self.drop(call_id, problem)
 
     async def _rotate(self) -> None:
         old = self._active
@@ -294,6 +304,7 @@ class Spool:
                 await self._open_for_backlog()
             segment, self._active = self._active, None
             self._dirty = False
+            self._refusing = None
             if segment is not None:
                 await self._close_segment(segment)
 

@@ -112,7 +112,8 @@ async def test_a_new_process_replays_what_an_earlier_one_spooled_at_once(
         await fresh.close()
 
 
-async def test_a_full_spool_drops_loudly_and_never_raises(tmp_path: Path, caplog: Any) -> None:
+async def test_a_full_spool_drops_loudly_and_never_raises(tmp_path: Path, caplog: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(recovery, "HOLD_MAX_BYTES", 0)  # nothing waits in memory either
     enqueuer = Enqueuer("redis://127.0.0.1:1/0", "akto:test:full", 0.05, tmp_path, 1024 * 1024)
     big = Record(id="big", mode="block", request_body={"text": "x" * 400_000})
     try:

@@ -87,10 +87,17 @@ def failures(task: str) -> float:
     return REGISTRY.get_sample_value("akto_hook_task_failures_total", {"task": task}) or 0.0
 
 
-async def test_a_full_disk_drops_loudly_and_later_records_reach_redis(
-    real_redis: Redis, queue_name: str, tiny_disk: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+@pytest.mark.parametrize("hold_bytes", [recovery.HOLD_MAX_BYTES, 20_000], ids=["held-in-memory", "hold-overflows"])
+async def test_a_full_disk_never_stops_later_records_reaching_redis(
+    real_redis: Redis,
+    queue_name: str,
+    tiny_disk: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: Any,
+    hold_bytes: int,
 ) -> None:
     monkeypatch.setattr(recovery, "PROBE_INTERVAL_SECONDS", 0.05)
+    monkeypatch.setattr(recovery, "HOLD_MAX_BYTES", hold_bytes)
     enqueuer = Enqueuer(REAL_REDIS_URL, queue_name, 0.05, tiny_disk, 10 * 1024 * 1024)
     healthy = enqueuer._push_many
     down = True
@@ -108,8 +115,12 @@ async def test_a_full_disk_drops_loudly_and_later_records_reach_redis(
                 if i % 20 == 0:
                     await asyncio.sleep(0.01)  # let the spool's upkeep run, as a live proxy would
             await asyncio.sleep(0.2)
-        assert enqueuer._spool.dropped > 0
-        assert "DROPPED" in caplog.text
+        assert "holding records in memory" in caplog.text  # the disk refused: loud at once
+        if hold_bytes < 400 * 1000:  # the hold cannot take the rest: drops, counted and loud
+            assert enqueuer._spool.dropped > 0
+            assert "DROPPED" in caplog.text
+        else:
+            assert enqueuer._spool.dropped == 0
         down = False
         await wait_until_closed(enqueuer)
         later = [await enqueuer.put(rec(i)) for i in range(400, 450)]
