@@ -14,7 +14,7 @@ CHECK_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 SPOOL_DROPPED = Counter(
-    "akto_hook_spool_dropped", "Records dropped because the local spool was full or the disk refused them"
+    "akto_hook_spool_dropped", "Records dropped: the local spool and the memory hold behind it could not take them"
 )
 BREAKER_OPEN = Gauge("akto_hook_breaker_open", "1 while Redis is treated as unavailable and records go to the spool")
 TASK_FAILURES = Counter(
