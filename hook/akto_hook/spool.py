@@ -260,8 +260,10 @@ class Spool:
         if self._active is old:
             self._active = new
             await self._close_segment(old)
-        else:  # the old one failed meanwhile; keep the fresh one
-            self._active = self._active or new
+        elif self._active is None:  # the old one failed meanwhile (and is retired): go on in the new one
+            self._active = new
+        else:
+            await self._close_segment(new)
 
     async def _settle_retired(self) -> None:
         while self._retired:
