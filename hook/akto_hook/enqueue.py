@@ -9,6 +9,7 @@ when the guardrail is built, at proxy start), and ``close`` runs at proxy shutdo
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import os
@@ -72,6 +73,7 @@ class Enqueuer:
         if self._loop is loop or self._closed:
             return True
         self._loop = loop
+        _LIVE.add(self)
         self._writer.rebind()
         self._tasks = [
             loop.create_task(supervised("writer", self._writer.run_forever)),
@@ -133,8 +135,27 @@ class Enqueuer:
         with contextlib.suppress(Exception):
             await self._redis.aclose()
 
+    def spool_leftovers(self) -> None:
+        """At interpreter exit without ``close`` (an SDK script whose loop has ended): write what was
+        captured but never sent to the spool, synchronously. The next process replays it."""
+        if self._closed:
+            return
+        self._closed = True
+        for line, call_id in self._writer.abandon():
+            self._spool.append_blocking(line, call_id)
+        self._spool.flush_blocking()
+
 
 _LIVE: weakref.WeakSet[Enqueuer] = weakref.WeakSet()
+
+
+@atexit.register
+def _spool_leftovers_at_exit() -> None:
+    for enqueuer in list(_LIVE):
+        try:
+            enqueuer.spool_leftovers()
+        except Exception:
+            log.exception("akto enqueuer could not spool its records at exit")
 
 
 def _close_at_proxy_shutdown(enqueuer: Enqueuer) -> None:
@@ -145,7 +166,6 @@ def _close_at_proxy_shutdown(enqueuer: Enqueuer) -> None:
     lifespan teardown does look up ``proxy_server.proxy_shutdown_event`` at call time, after open
     requests have drained: wrapping it closes every Enqueuer first. Outside the proxy it is a no-op.
     """
-    _LIVE.add(enqueuer)
     proxy_server = sys.modules.get("litellm.proxy.proxy_server")
     original = getattr(proxy_server, "proxy_shutdown_event", None)
     if proxy_server is None or original is None or getattr(original, "_closes_akto_enqueuers", False):

@@ -110,11 +110,17 @@ class Spool:
 
     def append_blocking(self, line: str, call_id: str) -> bool:
         """Like :meth:`append`, opening a segment on the spot: for use after the loop is gone."""
-        if self._active is None:
-            with contextlib.suppress(OSError):
-                self._active = self._open_segment()
-            self._write_backlog()
+        self.flush_blocking()
         return self.append(line, call_id)
+
+    def flush_blocking(self) -> None:
+        """Write records still waiting for a segment, opening one on the spot (no loop needed)."""
+        if self._active is None and self._backlog:
+            try:
+                self._active = self._open_segment()
+            except OSError as exc:
+                self._refusing = f"cannot open a spool segment: {exc}"
+        self._write_backlog()
 
     def _write(self, segment: _Segment, data: bytes) -> str | None:
         try:

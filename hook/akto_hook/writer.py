@@ -50,6 +50,11 @@ class GroupWriter:
         group.resolve(False)
         return group.records
 
+    def abandon(self) -> list[Entry]:
+        """Like :meth:`take` without answering callers: for when the event loop is gone."""
+        group, self._group = self._group, None
+        return group.records if group else []
+
     def resume(self) -> None:
         self.paused = False
         self._wakeup.set()

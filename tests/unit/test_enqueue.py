@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -233,3 +235,30 @@ async def test_close_lands_the_group_in_flight_and_the_one_behind_it(
     await asyncio.gather(*first, *second)
     assert await inbox_ids(real_redis, queue_name) == [f"call-{i}" for i in range(20)]
     assert not segments(tmp_path)
+
+
+SDK_SCRIPT = """
+import asyncio, sys
+from pathlib import Path
+from akto_hook.enqueue import Enqueuer
+from akto_ingest.record import Record
+
+async def main() -> None:
+    enqueuer = Enqueuer(sys.argv[1], sys.argv[2], 0.05, Path(sys.argv[3]), 10_000_000)
+
+    async def never_answers(lines: list[str]) -> None:
+        await asyncio.sleep(3600)
+
+    enqueuer._push_many = never_answers
+    for i in range(5):
+        asyncio.ensure_future(enqueuer.put(Record(id=f"call-{i}", mode="monitor", request_body={})))
+    await asyncio.sleep(0)  # the script ends with its records in flight; nobody calls close()
+
+asyncio.run(main())
+"""
+
+
+def test_records_in_flight_when_a_script_ends_are_spooled_for_the_next_process(queue_name: str, tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-c", SDK_SCRIPT, REAL_REDIS_URL, queue_name, str(tmp_path)], check=True)
+    spooled = [Record.from_json(line).id for s in sorted(segments(tmp_path)) for line in s.read_text().splitlines()]
+    assert spooled == [f"call-{i}" for i in range(5)]
