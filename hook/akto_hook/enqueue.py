@@ -1,45 +1,45 @@
 """The hook's one Redis write per record, bounded so Redis can never slow or fail a request.
 
-When Redis fails or is slower than ``enqueue_timeout``, a breaker opens: from then on records go
-straight to the local spool without waiting on Redis, and a background task probes Redis every
-second. Once Redis answers, the spool is replayed in order and only then does the breaker close, so
-records reach the queue in the order they were captured.
+``Enqueuer`` is a thin façade over three small units: the group-commit writer (``writer.py``), the
+spool (``spool.py``) and the breaker with its replay (``recovery.py``). Its background tasks are
+supervised (``supervise.py``): they start as soon as an event loop runs (inside the LiteLLM proxy:
+when the guardrail is built, at proxy start), and ``close`` runs at proxy shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
-import json
 import logging
 import os
 import socket
+import sys
+import weakref
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from akto_ingest.queue import push, spool_status_key
-from akto_ingest.record import Record, now_ms
+from akto_ingest.queue import push
+from akto_ingest.record import Record
 
-from . import metrics
+from .recovery import Recovery, State
 from .spool import Spool
+from .supervise import supervised
+from .writer import GroupWriter
 
 log = logging.getLogger("akto_hook")
 
-PROBE_INTERVAL_SECONDS = 1.0
-SPOOL_REPORT_EVERY = 10  # probe intervals between spool reports while Redis is healthy
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+CLOSE_TIMEOUT_SECONDS = 5.0
 
 
 class Enqueuer:
     """Pushes records onto the queue's inbox with a timeout; on trouble, spools them locally.
 
-    Writes are group-committed: records captured while a push is in flight go out together in the
-    next single ``RPUSH``. Under load that costs one round trip per batch instead of one per record,
-    and it keeps records in capture order. ``put`` returns once its record is in Redis, or after
-    ``enqueue_timeout`` at most; from then on the flusher owns the record and either lands it in
-    Redis or spools it.
+    ``put`` returns once its record is in Redis, or after ``enqueue_timeout`` at most; from then on
+    the writer owns the record and either lands it in Redis or spools it. ``put`` never raises.
     """
 
     def __init__(self, redis_url: str, queue: str, timeout: float, spool_dir: Path, spool_max_bytes: int) -> None:
@@ -47,136 +47,147 @@ class Enqueuer:
         self._timeout = timeout
         self._redis = Redis.from_url(redis_url, socket_connect_timeout=max(timeout, 1), socket_timeout=None)
         self._spool = Spool(spool_dir, spool_max_bytes)
-        self._breaker_open = self._spool.pending()  # an earlier process left records: replay first
-        self._group: _Group | None = None
-        self._wakeup = asyncio.Event()
+        self._writer = GroupWriter(self._push, timeout, self._redis_failed)
+        owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._recovery = Recovery(self._redis, queue, self._spool, self._writer, self._push, owner)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._closed = False
+        self.start()
 
-    def _ensure_tasks(self) -> asyncio.AbstractEventLoop:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._loop = loop
-            self._wakeup = asyncio.Event()
-            self._tasks = [
-                loop.create_task(self._flush_forever()),
-                loop.create_task(self._spool.flush_forever()),
-                loop.create_task(self._recover_forever()),
-            ]
-        return loop
+    @property
+    def breaker_open(self) -> bool:
+        """True while Redis is treated as unavailable (records go to, or wait on, the spool)."""
+        return self._recovery.state is not State.CLOSED
+
+    def start(self) -> bool:
+        """Start the background tasks on the running event loop; False when none runs in this thread.
+
+        Called at construction and by every ``put`` (the fallback for an Enqueuer built before any
+        loop runs). Starting replays at once what an earlier process spooled.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        if self._loop is loop or self._closed:
+            return True
+        self._loop = loop
+        _LIVE.add(self)
+        self._writer.rebind()
+        self._tasks = [
+            loop.create_task(supervised("writer", self._writer.run_forever)),
+            loop.create_task(supervised("spool", self._spool.maintain_forever)),
+            loop.create_task(supervised("recovery", self._recovery.run_forever)),
+        ]
+        _close_at_proxy_shutdown(self)
+        return True
 
     async def put(self, record: Record) -> bool:
-        """Queue one record; True once it is in Redis, False when it was spooled or is still pending."""
-        loop = self._ensure_tasks()
-        line = record.to_json()
-        if self._breaker_open:
-            self._to_spool(line, record.id)
+        """Queue one record; True once it is in Redis, False when it was spooled, dropped or is pending."""
+        try:
+            return await self._put(record)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("akto record call_id=%s could not be queued", record.id, extra={"call_id": record.id})
             return False
-        group = self._group
-        if group is None:
-            group = self._group = _Group(loop, self._timeout)
-            self._wakeup.set()
-        group.records.append((line, record.id))
-        return await group.done
 
-    async def _flush_forever(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._group is not None:
-                group, self._group = self._group, None
-                group.resolve(await self._send(group.records))
+    async def _put(self, record: Record) -> bool:
+        line = record.to_json()
+        if self._closed:
+            self._spool.append_blocking(line, record.id)
+            return False
+        self.start()
+        if self._recovery.spooling:
+            self._recovery.spool(line, record.id)
+            return False
+        loop = self._loop or asyncio.get_running_loop()
+        return await self._writer.add(loop, line, record.id)
 
-    async def _send(self, batch: list[tuple[str, str]]) -> bool:
-        """Push one group; on failure open the breaker and spool it. True when Redis has it."""
-        if not self._breaker_open:
-            try:
-                await asyncio.wait_for(self._push_many([line for line, _ in batch]), self._timeout)
-            except REDIS_ERRORS as exc:
-                self._breaker_open = True
-                metrics.ENQUEUE_FAILURES.inc(len(batch))
-                log.error(
-                    "Redis unavailable (%s); spooling records to %s until it answers",
-                    exc or "timeout",
-                    self._spool.folder,
-                    extra={"call_id": batch[0][1]},
-                )
-            else:
-                metrics.ENQUEUED.inc(len(batch))
-                return True
-        for line, call_id in batch:
-            self._to_spool(line, call_id)
-        return False
+    def _redis_failed(self, batch: list[tuple[str, str]], exc: BaseException) -> None:
+        self._recovery.redis_failed(batch, exc)
 
-    def _to_spool(self, line: str, call_id: str) -> None:
-        if self._spool.append(line):
-            metrics.SPOOLED.inc()
-            return
-        metrics.SPOOL_DROPPED.inc()
-        log.critical(
-            "akto %s at %s: record call_id=%s DROPPED; %d dropped so far",
-            self._spool.last_problem,
-            self._spool.folder,
-            call_id,
-            self._spool.dropped,
-            extra={"call_id": call_id},
-        )
+    async def _push(self, lines: list[str]) -> None:
+        await self._push_many(lines)
 
     async def _push_many(self, lines: list[str]) -> None:
         await push(self._redis, self._queue, lines)
 
-    async def _recover_forever(self) -> None:
-        ticks = 0
-        while True:
-            await asyncio.sleep(PROBE_INTERVAL_SECONDS)
-            ticks += 1
-            if not self._breaker_open:
-                if ticks % SPOOL_REPORT_EVERY == 0:
-                    with contextlib.suppress(*REDIS_ERRORS):
-                        await asyncio.wait_for(self._report_spool(), 2)
-                continue
-            try:
-                await asyncio.wait_for(self._redis.ping(), 2)
-                moved = await self._spool.replay(self._push_many)
-                await self._report_spool()
-            except REDIS_ERRORS:
-                continue
-            if moved:
-                log.warning("Redis answers again; replayed %d spooled record(s)", moved)
-            if not self._spool.pending():
-                self._breaker_open = False
-
-    async def _report_spool(self) -> None:
-        """Leave this process's spool figures in Redis for ``akto-ingest status``."""
-        status = {"bytes": self._spool.size_estimate(), "dropped": self._spool.dropped, "updated_ms": now_ms()}
-        await self._redis.hset(spool_status_key(self._queue), self._owner, json.dumps(status))
-
     async def close(self) -> None:
-        if self._group is not None:
-            group, self._group = self._group, None
-            group.resolve(await self._send(group.records))
+        """Flush the group in flight and the spool to disk, stop the tasks. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._writer.paused:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                    await self._writer.flush()
+        # Anything still held (breaker draining, or a flush cut short) goes to disk.
+        for line, call_id in self._writer.take():
+            self._spool.append(line, call_id)
         for task in self._tasks:
             task.cancel()
-        self._spool.seal()
-        await self._redis.aclose()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT_SECONDS)
+        self._tasks = []
+        await self._spool.close()
+        with contextlib.suppress(Exception):
+            await self._redis.aclose()
+
+    def spool_leftovers(self) -> None:
+        """At interpreter exit without ``close`` (an SDK script whose loop has ended): write what was
+        captured but never sent to the spool, synchronously. The next process replays it."""
+        if self._closed:
+            return
+        self._closed = True
+        for line, call_id in self._writer.abandon():
+            self._spool.append_blocking(line, call_id)
+        self._spool.flush_blocking()
 
 
-class _Group:
-    """Records captured while the previous push was in flight; they go out in one RPUSH.
+_LIVE: weakref.WeakSet[Enqueuer] = weakref.WeakSet()
 
-    One future and one timer per group, not per record, so under load a put costs an append.
+
+@atexit.register
+def _spool_leftovers_at_exit() -> None:
+    for enqueuer in list(_LIVE):
+        try:
+            enqueuer.spool_leftovers()
+        except Exception:
+            log.exception("akto enqueuer could not spool its records at exit")
+
+
+def _close_at_proxy_shutdown(enqueuer: Enqueuer) -> None:
+    """Make LiteLLM's proxy close this Enqueuer when it shuts down.
+
+    LiteLLM 1.108.7 offers guardrails and callbacks no shutdown hook, and uvicorn re-raises SIGTERM
+    once its lifespan is over, so neither atexit nor task cancellation ever runs. The proxy's
+    lifespan teardown does look up ``proxy_server.proxy_shutdown_event`` at call time, after open
+    requests have drained: wrapping it closes every Enqueuer first. Outside the proxy it is a no-op.
     """
+    proxy_server = sys.modules.get("litellm.proxy.proxy_server")
+    original = getattr(proxy_server, "proxy_shutdown_event", None)
+    if proxy_server is None or original is None or getattr(original, "_closes_akto_enqueuers", False):
+        return
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
-        self.records: list[tuple[str, str]] = []
-        self.done: asyncio.Future[bool] = loop.create_future()
-        self._timer = loop.call_later(timeout, self._settle, False)
+    async def proxy_shutdown_event(*args: Any, **kwargs: Any) -> None:
+        try:
+            await close_all()
+        finally:
+            await original(*args, **kwargs)
 
-    def _settle(self, value: bool) -> None:
-        if not self.done.done():
-            self.done.set_result(value)
+    wrapper: Callable[..., Awaitable[None]] = proxy_shutdown_event
+    wrapper._closes_akto_enqueuers = True  # type: ignore[attr-defined]
+    proxy_server.proxy_shutdown_event = wrapper  # type: ignore[attr-defined]
 
-    def resolve(self, delivered: bool) -> None:
-        self._timer.cancel()
-        self._settle(delivered)
+
+async def close_all() -> None:
+    """Close every live Enqueuer of this process (the proxy's shutdown calls this)."""
+    enqueuers = list(_LIVE)
+    results = await asyncio.gather(*(e.close() for e in enqueuers), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            log.error("akto enqueuer did not close cleanly: %r", result)
+    if enqueuers:
+        log.info("akto hook flushed its records at shutdown (%d enqueuer(s))", len(enqueuers))

@@ -3,7 +3,7 @@ LiteLLM's own ``/metrics`` endpoint serves, so they appear beside LiteLLM's metr
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 ENQUEUED = Counter("akto_hook_records_enqueued", "Records written to the Redis queue")
 ENQUEUE_FAILURES = Counter("akto_hook_enqueue_failures", "Record writes to Redis that failed or timed out")
@@ -13,7 +13,13 @@ CHECK_SECONDS = Histogram(
     "Time of the inline Akto check (block mode)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-SPOOL_DROPPED = Counter("akto_hook_spool_dropped", "Records dropped because the local spool was full")
+SPOOL_DROPPED = Counter(
+    "akto_hook_spool_dropped", "Records dropped: the local spool and the memory hold behind it could not take them"
+)
+BREAKER_OPEN = Gauge("akto_hook_breaker_open", "1 while Redis is treated as unavailable and records go to the spool")
+TASK_FAILURES = Counter(
+    "akto_hook_task_failures", "Errors in the hook's background tasks (logged; the task carries on)", ["task"]
+)
 CAPTURE_FAILURES = Counter("akto_hook_capture_failures", "Calls whose record could not be built (a bug: see the log)")
 BLOCKED = Counter("akto_hook_blocked", "Requests blocked by an Akto verdict")
 # reason: unreachable, http_error, unreadable_body, akto_fail_open (Akto's gateway answered failOpen),

@@ -445,8 +445,9 @@ def test_proxy_deployment(objects):
     spec = pod_spec(objects, "akto-proxy")
     container = only_container(objects, "akto-proxy")
     assert deployment["spec"]["replicas"] >= 2, "the PDB's minAvailable: 1 needs two replicas to drain"
+    # The stop signal must reach the server process, not only PID 1 (tini -g: the process group).
     assert [container["command"], container["args"]] == [
-        ["litellm"],
+        ["tini", "-g", "--", "litellm"],
         ["--config", "/app/config.yaml", "--port", "4000"],
     ]
     assert named_port(container, "http") == 4000
@@ -726,6 +727,7 @@ def test_dockerfile_proxy_contract():
     text = DOCKERFILES["proxy"].read_text()
     assert f"ARG LITELLM_VERSION={LITELLM_VERSION}" in text
     assert 'pip install "litellm[proxy]==${LITELLM_VERSION}"' in text
+    assert exec_form(final, "ENTRYPOINT") == ["tini", "-g", "--"]
     assert exec_form(final, "CMD") == ["litellm", "--config", "/app/config.yaml", "--port", "4000"]
     assert last(final, "EXPOSE") == "4000"
     assert "/health/liveliness" in last(final, "HEALTHCHECK")
