@@ -115,13 +115,15 @@ async def _run(args: argparse.Namespace) -> int:
                 return 1
             _print(found[0].model_dump(), args.json)
             return 0
-        ids = await dlq.all_ids(redis, queue) if args.all else list(args.ids)
-        if not ids:
+        replaying = args.dlq_command == "replay"
+        if args.all:
+            done = await (dlq.replay_all if replaying else dlq.purge_all)(redis, queue)
+        elif args.ids:
+            done = await (dlq.replay if replaying else dlq.purge)(redis, queue, list(args.ids))
+        else:
             print("name dead-letter ids, or --all", file=sys.stderr)
             return 2
-        action = dlq.replay if args.dlq_command == "replay" else dlq.purge
-        done = await action(redis, queue, ids)
-        verb = "replayed" if args.dlq_command == "replay" else "purged"
+        verb = "replayed" if replaying else "purged"
         _print({verb: done}, args.json)
         return 0
     finally:
