@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from . import dlq
 from .config import QueueSettings
+from .connections import redis_client
 from .errors import ConfigError, RecordError
 from .queue import dlq_key, heartbeat_key, inbox_key, spool_status_key
 from .record import Record, now_ms
@@ -90,7 +91,7 @@ def _print(data: Any, as_json: bool) -> None:
 async def _run(args: argparse.Namespace) -> int:
     settings = QueueSettings.load({"redis_url": args.redis_url, "queue_name": args.queue})
     queue = settings.queue_name
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    redis = redis_client(settings.redis_url, socket_connect_timeout=5)
     try:
         if args.command == "status":
             _print(await status(redis, queue), args.json)

@@ -16,9 +16,9 @@ import os
 import socket
 from pathlib import Path
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from akto_ingest.connections import redis_client
 from akto_ingest.queue import push, spool_status_key
 from akto_ingest.record import Record, now_ms
 
@@ -45,7 +45,7 @@ class Enqueuer:
     def __init__(self, redis_url: str, queue: str, timeout: float, spool_dir: Path, spool_max_bytes: int) -> None:
         self._queue = queue
         self._timeout = timeout
-        self._redis = Redis.from_url(redis_url, socket_connect_timeout=max(timeout, 1), socket_timeout=None)
+        self._redis = redis_client(redis_url, socket_connect_timeout=max(timeout, 1), socket_timeout=None)
         self._spool = Spool(spool_dir, spool_max_bytes)
         self._breaker_open = self._spool.pending()  # an earlier process left records: replay first
         self._group: _Group | None = None
@@ -150,7 +150,7 @@ class Enqueuer:
     async def _report_spool(self) -> None:
         """Leave this process's spool figures in Redis for ``akto-ingest status``."""
         status = {"bytes": self._spool.size_estimate(), "dropped": self._spool.dropped, "updated_ms": now_ms()}
-        await self._redis.hset(spool_status_key(self._queue), self._owner, json.dumps(status))
+        await self._redis.hset(spool_status_key(self._queue), self._owner, json.dumps(status))  # type: ignore[misc]  # redis-py types sync|async
 
     async def close(self) -> None:
         if self._group is not None:
