@@ -28,7 +28,7 @@ from . import dlq
 from .config import QueueSettings
 from .connections import redis_client
 from .errors import ConfigError, RecordError
-from .queue import dlq_key, heartbeat_key, inbox_key, spool_status_key
+from .queue import backlog, dlq_key, heartbeat_key, inbox_key, spool_status_key
 from .record import Record, now_ms
 
 # Workers beat every 5 s; a worker unseen for a minute is gone or stuck.
@@ -38,17 +38,15 @@ STALE_MS = 60_000
 async def status(redis: Redis, queue: str) -> dict[str, Any]:
     """Counts an operator needs to see whether records are flowing."""
     now = now_ms()
+    waiting = await backlog(redis, queue, now)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcount(queue, "-inf", now)
-        pipe.zcount(queue, f"({now}", "+inf")
-        pipe.llen(inbox_key(queue))
         pipe.lindex(inbox_key(queue), 0)
         pipe.zrange(queue, 0, 0, withscores=True)
         pipe.hlen(dlq_key(queue))
         pipe.get(queue + health_check_key_suffix)
         pipe.hgetall(spool_status_key(queue))
         pipe.hgetall(heartbeat_key(queue))
-        ready, deferred, inbox, oldest_inbox, oldest_job, dead, health, spools, beats = await pipe.execute()
+        oldest_inbox, oldest_job, dead, health, spools, beats = await pipe.execute()
     in_progress = 0
     async for _ in redis.scan_iter(match=in_progress_key_prefix + "*", count=1000):
         in_progress += 1
@@ -62,9 +60,9 @@ async def status(redis: Redis, queue: str) -> dict[str, Any]:
         oldest_ms = min(x for x in (oldest_ms, int(oldest_job[0][1])) if x is not None)
     return {
         "queue": queue,
-        "inbox": int(inbox),
-        "ready_jobs": int(ready),
-        "deferred_jobs": int(deferred),
+        "inbox": waiting.inbox,
+        "ready_jobs": waiting.ready_jobs,
+        "deferred_jobs": waiting.deferred_jobs,
         "in_progress_jobs": in_progress,
         "dead_letters": int(dead),
         "oldest_age_seconds": None if oldest_ms is None else round((now - oldest_ms) / 1000, 1),
