@@ -10,7 +10,7 @@ from akto_ingest import dlq
 from akto_ingest.cli import status
 from akto_ingest.queue import enqueue_batch, heartbeat_key, inbox_key, spool_status_key
 from akto_ingest.record import Record
-from akto_worker.settings import check_redis_durability
+from akto_worker.lifecycle import check_redis_durability
 
 
 async def test_status_counts_every_place_a_record_can_be(real_redis: Any, queue_name: str) -> None:
