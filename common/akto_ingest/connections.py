@@ -127,21 +127,22 @@ def _client(url: str, redis_class: type[Redis], kwargs: dict[str, Any]) -> Redis
     return client
 
 
-def outage_retry() -> dict[str, Any]:
+def outage_retry(url: str) -> dict[str, Any]:
     """Connection settings that ride out a Redis restart or a Sentinel failover (about 5 minutes).
 
-    OSError is included: a refused connection surfaces as the builtin ConnectionRefusedError,
-    which redis-py's default retry does not cover. With Sentinel, every reconnection asks the
-    Sentinels again, so a retry lands on the new primary once one is elected.
+    For one server, OSError is retried too: reconnecting, redis-py retries the raw
+    ConnectionRefusedError, which its default retry does not cover. Through Sentinel it must not
+    be: that inner retry keeps dialling the address it was given, the dead primary. Without it the
+    refusal surfaces as a ConnectionError to the Sentinel-managed connection, whose retry asks the
+    Sentinels again and so lands on the new primary once one is elected.
     """
+    errors: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+    if not is_sentinel(url):
+        errors += (OSError,)
     return {
         "retry_on_timeout": True,
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError, OSError],
-        "retry": Retry(
-            ExponentialBackoff(cap=5, base=0.1),
-            retries=60,
-            supported_errors=(RedisConnectionError, RedisTimeoutError, OSError),  # type: ignore[arg-type]
-        ),
+        "retry_on_error": list(errors),
+        "retry": Retry(ExponentialBackoff(cap=5, base=0.1), retries=60, supported_errors=errors),  # type: ignore[arg-type]
     }
 
 
@@ -151,7 +152,7 @@ def worker_pool(url: str, queue: str, **arq_options: Any) -> ArqRedis:
     arq 0.28 drops the retry settings of a Sentinel ``RedisSettings``, so a worker connected through
     Sentinel would die at the first failover; this pool has the same retry policy either way.
     """
-    pool = cast(ArqRedis, _client(url, ArqRedis, {"socket_connect_timeout": 1, **outage_retry()}))
+    pool = cast(ArqRedis, _client(url, ArqRedis, {"socket_connect_timeout": 1, **outage_retry(url)}))
     pool.default_queue_name = queue
     for name, value in arq_options.items():
         setattr(pool, name, value)
