@@ -7,7 +7,7 @@
     akto-ingest dlq purge (--all | ID...) [--json]
 
 Reads ``REDIS_URL`` and ``AKTO_QUEUE_NAME`` like the hook and the worker (``--redis-url`` and
-``--queue`` override them).
+``--queue`` override them); a ``redis+sentinel://`` URL reaches the current primary.
 """
 
 from __future__ import annotations
@@ -131,7 +131,9 @@ async def _run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="akto-ingest", description="Operate the Akto ingestion queue.")
-    parser.add_argument("--redis-url", help="default: $REDIS_URL or redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--redis-url", help="redis:// or redis+sentinel:// URL; default: $REDIS_URL or redis://127.0.0.1:6379/0"
+    )
     parser.add_argument("--queue", help="default: $AKTO_QUEUE_NAME or akto:ingest")
     commands = parser.add_subparsers(dest="command", required=True)
     st = commands.add_parser("status", help="queue depth, retries, in-progress jobs, dead letters, spools")
