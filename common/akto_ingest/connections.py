@@ -16,6 +16,7 @@ from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
 from arq.connections import ArqRedis, RedisSettings
+from arq.jobs import Deserializer, Serializer
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -146,7 +147,7 @@ def outage_retry(url: str) -> dict[str, Any]:
     }
 
 
-def worker_pool(url: str, queue: str, **arq_options: Any) -> ArqRedis:
+def worker_pool(url: str, queue: str, *, job_serializer: Serializer, job_deserializer: Deserializer) -> ArqRedis:
     """The worker's arq connection, built here rather than by arq from ``RedisSettings``.
 
     arq 0.28 drops the retry settings of a Sentinel ``RedisSettings``, so a worker connected through
@@ -154,8 +155,8 @@ def worker_pool(url: str, queue: str, **arq_options: Any) -> ArqRedis:
     """
     pool = cast(ArqRedis, _client(url, ArqRedis, {"socket_connect_timeout": 1, **outage_retry(url)}))
     pool.default_queue_name = queue
-    for name, value in arq_options.items():
-        setattr(pool, name, value)
+    pool.job_serializer = job_serializer
+    pool.job_deserializer = job_deserializer
     return pool
 
 

@@ -17,6 +17,7 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 import akto_worker
 from akto_ingest.config import ENV_NAMES
 from akto_ingest.errors import ConfigError
+from akto_ingest.queue import decode_job, encode_job
 from akto_worker import lifecycle
 
 GOOD = {"AKTO_GUARDRAIL_API_BASE": "http://akto:9090", "AKTO_API_KEY": "k", "AKTO_QUEUE_NAME": "q-settings"}
@@ -58,6 +59,7 @@ def test_arq_reads_every_limit_from_one_job_timeout(load_settings: Load) -> None
     assert kwargs["max_jobs"] == lifecycle.max_jobs(settings.config.worker) == 2 * 7 + 2
     pool = kwargs["redis_pool"]
     assert isinstance(pool, ArqRedis) and pool.default_queue_name == "q-settings"
+    assert (pool.job_serializer, pool.job_deserializer) == (encode_job, decode_job)  # JSON, never pickle
     worker = create_worker(settings.WorkerSettings)  # exactly what `arq akto_worker.WorkerSettings` does
     assert worker.queue_name == "q-settings" and worker.pool is pool
 
