@@ -62,15 +62,14 @@ class Drain:
 
 
 def records_held(bench: Bench, mode: str, env: Mapping[str, str] | None = None) -> int:
-    """How many records a worker holds at most: arq's max_jobs (computed by the worker's own settings
-    builder from the same environment) times the records per job."""
-    from akto_worker.settings import build_worker_settings  # the worker's code, imported only here
+    """How many records a worker holds at most: arq's max_jobs (computed by the worker's own code
+    from the same environment) times the records per job."""
+    from akto_worker.lifecycle import max_jobs  # the worker's code, imported only here
 
-    settings = build_worker_settings(
-        worker_env(bench.akto.url, bench.redis_url, "probe", AKTO_DELIVERY_MODE=mode, **(env or {}))
+    config = WorkerConfig.load(
+        env=worker_env(bench.akto.url, bench.redis_url, "probe", AKTO_DELIVERY_MODE=mode, **(env or {}))
     )
-    batch = int((env or {}).get("AKTO_BATCH_SIZE", DEFAULT_BATCH))
-    return int(vars(settings)["max_jobs"]) * batch  # a class built at run time: mypy cannot see its fields
+    return max_jobs(config) * config.batch_size
 
 
 def preload(bench: Bench, key: str, n: int) -> None:

@@ -7,7 +7,7 @@
     akto-ingest dlq purge (--all | ID...) [--json]
 
 Reads ``REDIS_URL`` and ``AKTO_QUEUE_NAME`` like the hook and the worker (``--redis-url`` and
-``--queue`` override them).
+``--queue`` override them); a ``redis+sentinel://`` URL reaches the current primary.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from redis.exceptions import RedisError
 
 from . import dlq
 from .config import QueueSettings
+from .connections import redis_client
 from .errors import ConfigError, RecordError
-from .queue import dlq_key, heartbeat_key, inbox_key, spool_status_key
+from .queue import backlog, dlq_key, heartbeat_key, inbox_key, spool_status_key
 from .record import Record, now_ms
 
 # Workers beat every 5 s; a worker unseen for a minute is gone or stuck.
@@ -37,17 +38,15 @@ STALE_MS = 60_000
 async def status(redis: Redis, queue: str) -> dict[str, Any]:
     """Counts an operator needs to see whether records are flowing."""
     now = now_ms()
+    waiting = await backlog(redis, queue, now)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcount(queue, "-inf", now)
-        pipe.zcount(queue, f"({now}", "+inf")
-        pipe.llen(inbox_key(queue))
         pipe.lindex(inbox_key(queue), 0)
         pipe.zrange(queue, 0, 0, withscores=True)
         pipe.hlen(dlq_key(queue))
         pipe.get(queue + health_check_key_suffix)
         pipe.hgetall(spool_status_key(queue))
         pipe.hgetall(heartbeat_key(queue))
-        ready, deferred, inbox, oldest_inbox, oldest_job, dead, health, spools, beats = await pipe.execute()
+        oldest_inbox, oldest_job, dead, health, spools, beats = await pipe.execute()
     in_progress = 0
     async for _ in redis.scan_iter(match=in_progress_key_prefix + "*", count=1000):
         in_progress += 1
@@ -61,9 +60,9 @@ async def status(redis: Redis, queue: str) -> dict[str, Any]:
         oldest_ms = min(x for x in (oldest_ms, int(oldest_job[0][1])) if x is not None)
     return {
         "queue": queue,
-        "inbox": int(inbox),
-        "ready_jobs": int(ready),
-        "deferred_jobs": int(deferred),
+        "inbox": waiting.inbox,
+        "ready_jobs": waiting.ready_jobs,
+        "deferred_jobs": waiting.deferred_jobs,
         "in_progress_jobs": in_progress,
         "dead_letters": int(dead),
         "oldest_age_seconds": None if oldest_ms is None else round((now - oldest_ms) / 1000, 1),
@@ -90,7 +89,7 @@ def _print(data: Any, as_json: bool) -> None:
 async def _run(args: argparse.Namespace) -> int:
     settings = QueueSettings.load({"redis_url": args.redis_url, "queue_name": args.queue})
     queue = settings.queue_name
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    redis = redis_client(settings.redis_url, socket_connect_timeout=5)
     try:
         if args.command == "status":
             _print(await status(redis, queue), args.json)
@@ -115,13 +114,15 @@ async def _run(args: argparse.Namespace) -> int:
                 return 1
             _print(found[0].model_dump(), args.json)
             return 0
-        ids = await dlq.all_ids(redis, queue) if args.all else list(args.ids)
-        if not ids:
+        replaying = args.dlq_command == "replay"
+        if args.all:
+            done = await (dlq.replay_all if replaying else dlq.purge_all)(redis, queue)
+        elif args.ids:
+            done = await (dlq.replay if replaying else dlq.purge)(redis, queue, list(args.ids))
+        else:
             print("name dead-letter ids, or --all", file=sys.stderr)
             return 2
-        action = dlq.replay if args.dlq_command == "replay" else dlq.purge
-        done = await action(redis, queue, ids)
-        verb = "replayed" if args.dlq_command == "replay" else "purged"
+        verb = "replayed" if replaying else "purged"
         _print({verb: done}, args.json)
         return 0
     finally:
@@ -130,7 +131,9 @@ async def _run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="akto-ingest", description="Operate the Akto ingestion queue.")
-    parser.add_argument("--redis-url", help="default: $REDIS_URL or redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--redis-url", help="redis:// or redis+sentinel:// URL; default: $REDIS_URL or redis://127.0.0.1:6379/0"
+    )
     parser.add_argument("--queue", help="default: $AKTO_QUEUE_NAME or akto:ingest")
     commands = parser.add_subparsers(dest="command", required=True)
     st = commands.add_parser("status", help="queue depth, retries, in-progress jobs, dead letters, spools")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from .connections import check_redis_url
 from .errors import ConfigError
 
 OnFlagged = Literal["block", "monitor"]
@@ -52,7 +53,7 @@ class _Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     @classmethod
-    def load(cls, params: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Any:
+    def load(cls, params: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Self:
         """Build the settings from config params, then environment variables, then defaults."""
         params = params or {}
         env = os.environ if env is None else env
@@ -99,19 +100,6 @@ def _http_url(value: str) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError("must be an http:// or https:// URL")
     return value.rstrip("/")
-
-
-def _redis_url(value: str) -> str:
-    parsed = urlparse(value)
-    if parsed.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must be a redis://, rediss:// or unix:// URL")
-    try:
-        parsed.port  # noqa: B018 -- urlparse checks the port only when it is read
-    except ValueError as exc:
-        raise ValueError(f"has an invalid port ({exc})") from None
-    if parsed.scheme != "unix" and not parsed.hostname:
-        raise ValueError("names no host")
-    return value
 
 
 class AktoSettings(_Settings):
@@ -164,7 +152,7 @@ class QueueSettings(_Settings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue_name: str = Field(default="akto:ingest", min_length=1)
 
-    _check_redis = field_validator("redis_url")(_redis_url)
+    _check_redis = field_validator("redis_url")(check_redis_url)
 
 
 class HookSettings(_Settings):

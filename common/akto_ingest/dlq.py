@@ -7,7 +7,7 @@ a dead letter stays until it is replayed or purged.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
@@ -84,8 +84,13 @@ async def get_many(redis: Redis, queue: str, ids: list[str]) -> list[DeadLetter]
     return [DeadLetter.model_validate_json(r) for r in raws if r is not None]
 
 
+# Ids per replay script or purge transaction. Redis runs a script alone, so one call over a large
+# store would stall every proxy's record writes behind it; 500 entries take a few milliseconds.
+CHUNK = 500
+
 # KEYS: dead-letter hash, its index, the inbox. ARGV: ids. Reading and moving in one script means
-# two operators replaying at once cannot queue a record twice.
+# two operators replaying at once cannot queue a record twice. An id left in the index without an
+# entry is dropped from the index too, so a replay of the whole store always makes progress.
 _REPLAY_LUA = """
 local moved = 0
 for _, id in ipairs(ARGV) do
@@ -93,20 +98,48 @@ for _, id in ipairs(ARGV) do
   if entry then
     redis.call('RPUSH', KEYS[3], cjson.decode(entry)['record'])
     redis.call('HDEL', KEYS[1], id)
-    redis.call('ZREM', KEYS[2], id)
     moved = moved + 1
   end
+  redis.call('ZREM', KEYS[2], id)
 end
 return moved
 """
 
 
 async def replay(redis: Redis, queue: str, ids: list[str]) -> int:
-    """Put records back on the inbox unchanged and drop their dead-letter entries, atomically."""
-    if not ids:
-        return 0
-    moved = await redis.eval(_REPLAY_LUA, 3, dlq_key(queue), dlq_index_key(queue), inbox_key(queue), *ids)  # type: ignore[misc]  # redis-py types sync|async
-    return int(moved)
+    """Put records back on the inbox unchanged and drop their dead-letter entries.
+
+    Each record moves atomically; ids go to Redis in chunks of :data:`CHUNK`.
+    """
+    moved = 0
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        moved += int(await redis.eval(_REPLAY_LUA, 3, dlq_key(queue), dlq_index_key(queue), inbox_key(queue), *chunk))  # type: ignore[misc]  # redis-py types sync|async
+    return moved
+
+
+async def replay_all(redis: Redis, queue: str) -> int:
+    """Replay every dead letter that failed before this call, one chunk at a time.
+
+    Records that fail again while the replay runs are dead-lettered with a later failure time, so
+    they are not picked up a second time and the replay ends even when Akto keeps refusing them.
+    """
+    return await _each_chunk(redis, queue, replay)
+
+
+async def purge_all(redis: Redis, queue: str) -> int:
+    """Purge every dead letter that failed before this call, one chunk at a time."""
+    return await _each_chunk(redis, queue, purge)
+
+
+async def _each_chunk(redis: Redis, queue: str, action: Callable[[Redis, str, list[str]], Awaitable[int]]) -> int:
+    cutoff = now_ms()
+    done = 0
+    while True:
+        raw = await redis.zrangebyscore(dlq_index_key(queue), "-inf", cutoff, start=0, num=CHUNK)
+        if not raw:
+            return done
+        done += await action(redis, queue, [i.decode() if isinstance(i, bytes) else str(i) for i in raw])
 
 
 async def all_ids(redis: Redis, queue: str) -> list[str]:
@@ -115,10 +148,13 @@ async def all_ids(redis: Redis, queue: str) -> list[str]:
 
 
 async def purge(redis: Redis, queue: str, ids: list[str]) -> int:
-    if not ids:
-        return 0
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hdel(dlq_key(queue), *ids)
-        pipe.zrem(dlq_index_key(queue), *ids)
-        removed, _ = await pipe.execute()
-    return int(removed)
+    """Delete dead letters, :data:`CHUNK` ids per transaction; returns how many existed."""
+    removed = 0
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(dlq_key(queue), *chunk)
+            pipe.zrem(dlq_index_key(queue), *chunk)
+            deleted, _ = await pipe.execute()
+        removed += int(deleted)
+    return removed

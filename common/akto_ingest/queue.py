@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -54,18 +55,34 @@ async def push(redis: Redis, queue: str, records_json: list[str]) -> None:
     await redis.rpush(inbox_key(queue), *records_json)  # type: ignore[misc]  # redis-py types sync|async
 
 
-# KEYS: inbox, arq queue. ARGV: batch size, job id, now ms, job ttl ms, job key prefix.
-# The job JSON is assembled here as text because the records already are JSON strings; it must
-# stay in step with job_payload() below.
+# KEYS: inbox, arq queue. ARGV: batch size, job id, now ms, job ttl ms, job key prefix, and the job
+# JSON before and after its records list (from job_frame(), so the script and job_payload() build
+# the same job). Records already are JSON strings, so the script only encodes them as a list.
 _CLAIM_LUA = """
 local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 if #items == 0 then return 0 end
 redis.call('LTRIM', KEYS[1], #items, -1)
-local job = '{"t":1,"f":"deliver","a":[' .. cjson.encode(items) .. ',0],"k":{},"et":' .. ARGV[3] .. '}'
-redis.call('PSETEX', ARGV[5] .. ARGV[2], ARGV[4], job)
+redis.call('PSETEX', ARGV[5] .. ARGV[2], ARGV[4], ARGV[6] .. cjson.encode(items) .. ARGV[7])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 return #items
 """
+
+_RECORDS_PLACEHOLDER = "\x00records\x00"
+
+
+def job_frame(attempt: int, enqueue_ms: int) -> tuple[bytes, bytes]:
+    """The ``deliver`` job's JSON before and after its list of records: the one place its shape is set."""
+    template = orjson.dumps(
+        {"t": 1, "f": DELIVER_FUNCTION, "a": [_RECORDS_PLACEHOLDER, attempt], "k": {}, "et": enqueue_ms}
+    )
+    before, _, after = template.partition(orjson.dumps(_RECORDS_PLACEHOLDER))
+    return before, after
+
+
+def job_payload(records: list[str], attempt: int, enqueue_ms: int) -> bytes:
+    """The JSON job arq stores for a batch of records."""
+    before, after = job_frame(attempt, enqueue_ms)
+    return before + orjson.dumps(records) + after
 
 
 class Claimer:
@@ -80,20 +97,17 @@ class Claimer:
 
     async def claim(self) -> int:
         """Turn up to ``batch_size`` inbox records into one job; returns how many moved."""
+        now = now_ms()
+        before, after = job_frame(0, now)
         moved = await self._script(
             keys=[inbox_key(self._queue), self._queue],
-            args=[self._batch_size, new_job_id(), now_ms(), self._job_ttl_ms, job_key_prefix],
+            args=[self._batch_size, new_job_id(), now, self._job_ttl_ms, job_key_prefix, before, after],
         )
         return int(moved)
 
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
-
-
-def job_payload(records: list[str], attempt: int, enqueue_ms: int) -> bytes:
-    """The JSON job arq stores; the same shape as the claim script builds."""
-    return orjson.dumps({"t": 1, "f": DELIVER_FUNCTION, "a": [records, attempt], "k": {}, "et": enqueue_ms})
 
 
 async def enqueue_batch(
@@ -107,6 +121,26 @@ async def enqueue_batch(
         pipe.zadd(queue, {job_id: run_at})
         await pipe.execute()
     return job_id
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What waits: jobs due now, jobs deferred to later (retries), and records not yet claimed."""
+
+    ready_jobs: int
+    deferred_jobs: int
+    inbox: int
+
+
+async def backlog(redis: Redis, queue: str, now: int | None = None) -> Backlog:
+    """The backlog counts the worker's gauges and ``akto-ingest status`` both report."""
+    now = now_ms() if now is None else now
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcount(queue, "-inf", now)
+        pipe.zcount(queue, f"({now}", "+inf")
+        pipe.llen(inbox_key(queue))
+        ready, deferred, inbox = await pipe.execute()
+    return Backlog(int(ready), int(deferred), int(inbox))
 
 
 def encode_job(job: dict[str, Any]) -> bytes:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
+from akto_ingest.connections import redis_client
 
 from akto_ingest.queue import push
 from akto_ingest.record import Record
@@ -45,7 +45,7 @@ class Enqueuer:
     def __init__(self, redis_url: str, queue: str, timeout: float, spool_dir: Path, spool_max_bytes: int) -> None:
         self._queue = queue
         self._timeout = timeout
-        self._redis = Redis.from_url(redis_url, socket_connect_timeout=max(timeout, 1), socket_timeout=None)
+        self._redis = redis_client(redis_url, socket_connect_timeout=max(timeout, 1), socket_timeout=None)
         self._spool = Spool(spool_dir, spool_max_bytes)
         self._writer = GroupWriter(self._push, timeout, self._redis_failed)
         owner = f"{socket.gethostname()}:{os.getpid()}"

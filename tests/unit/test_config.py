@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from akto_ingest.config import AktoSettings, HookSettings, QueueSettings, WorkerConfig
+from akto_ingest.connections import SentinelTarget, parse_sentinel_url
 from akto_ingest.errors import ConfigError
 
 SECRET = "sk-akto-VERY-secret-0123456789"
@@ -202,11 +203,19 @@ def test_queue_defaults() -> None:
 @pytest.mark.parametrize(
     ("url", "complaint"),
     [
-        ("http://x", "must be a redis://, rediss:// or unix:// URL"),
+        ("http://x", "must be a redis://, rediss://, unix:// or redis+sentinel://"),
         ("redis://host:notaport", "has an invalid port"),
         ("redis://host:99999", "has an invalid port"),
         ("redis://:6379/0", "names no host"),
-        ("localhost:6379", "must be a redis://, rediss:// or unix:// URL"),
+        ("localhost:6379", "must be a redis://, rediss://, unix:// or redis+sentinel://"),
+        ("redis+sentinel://s1:26379", "names no Sentinel master"),
+        ("redis+sentinel://s1:26379/", "names no Sentinel master"),
+        ("redis+sentinel:///mymaster", "names no Sentinel host"),
+        ("redis+sentinel://s1:26379,/mymaster", "names no Sentinel host"),
+        ("redis+sentinel://s1:port/mymaster", "Sentinel address 's1:port' has an invalid port"),
+        ("redis+sentinel://s1:70000/mymaster", "Sentinel address 's1:70000' has an invalid port"),
+        ("redis+sentinel://s1/mymaster/zero", "path must be /<master_name> or /<master_name>/<db number>"),
+        ("redis+sentinel://s1/mymaster/1/2", "path must be /<master_name> or /<master_name>/<db number>"),
     ],
 )
 def test_bad_redis_url_is_named(url: str, complaint: str) -> None:
@@ -216,9 +225,36 @@ def test_bad_redis_url_is_named(url: str, complaint: str) -> None:
     assert repr(url) in message
 
 
-@pytest.mark.parametrize("url", ["redis://r:6380/2", "rediss://user:pw@r.example.com:6380", "unix:///tmp/r.sock"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://r:6380/2",
+        "rediss://user:pw@r.example.com:6380",
+        "unix:///tmp/r.sock",
+        "redis+sentinel://s1:26379,s2:26380/mymaster",
+        "redis+sentinel://:pw@s1,[::1]:26381/mymaster/3",
+    ],
+)
 def test_good_redis_urls(url: str) -> None:
     assert QueueSettings.load({"redis_url": url}, env={}).redis_url == url
+
+
+def test_sentinel_url_is_read_into_sentinels_master_db_and_password() -> None:
+    target = parse_sentinel_url("redis+sentinel://app:p%40ss@s1:26380,s2,[::1]:26381/my-master/4")
+    assert target == SentinelTarget(
+        sentinels=[("s1", 26380), ("s2", 26379), ("::1", 26381)],
+        master="my-master",
+        db=4,
+        username="app",
+        password="p@ss",
+    )
+    assert parse_sentinel_url("redis+sentinel://s1/m") == SentinelTarget([("s1", 26379)], "m")
+
+
+def test_bad_sentinel_url_error_does_not_leak_the_redis_password() -> None:
+    message = config_error(QueueSettings, {"redis_url": "redis+sentinel://:hunter2-pw@s1:26379"})
+    assert "names no Sentinel master" in message
+    assert "hunter2-pw" not in message
 
 
 def test_redis_url_and_queue_from_env() -> None:

@@ -126,3 +126,76 @@ async def test_concurrent_replays_queue_a_record_once(fake_redis: Any) -> None:
     done = await asyncio.gather(dlq.replay(fake_redis, QUEUE, ["r1"]), dlq.replay(fake_redis, QUEUE, ["r1"]))
     assert await fake_redis.lrange(inbox_key(QUEUE), 0, -1) == [b"rec"]
     assert sum(done) == 1
+
+
+def _spy_evals(redis: Any) -> list[int]:
+    """Record how many ids each replay script call carries."""
+    sizes: list[int] = []
+    original = redis.eval
+
+    async def eval_spy(script: str, numkeys: int, *keys_and_args: Any) -> Any:
+        sizes.append(len(keys_and_args) - numkeys)
+        return await original(script, numkeys, *keys_and_args)
+
+    redis.eval = eval_spy
+    return sizes
+
+
+async def test_replay_all_moves_a_store_larger_than_a_chunk_in_bounded_calls(real_redis: Any, queue_name: str) -> None:
+    total = dlq.CHUNK * 2 + 7
+    await dlq.put(real_redis, queue_name, [letter(f"rec-{n}", f"id-{n}", n + 1) for n in range(total)])
+    sizes = _spy_evals(real_redis)
+
+    assert await dlq.replay_all(real_redis, queue_name) == total
+
+    assert sizes and max(sizes) <= dlq.CHUNK, "no single script call over every id"
+    assert len(sizes) >= 3
+    inbox = [r.decode() for r in await real_redis.lrange(inbox_key(queue_name), 0, -1)]
+    assert inbox == [f"rec-{n}" for n in range(total)]  # oldest failure first, each once
+    assert await real_redis.exists(dlq_key(queue_name), dlq_index_key(queue_name)) == 0
+
+
+async def test_two_operators_replaying_everything_at_once_queue_each_record_once(
+    real_redis: Any, queue_name: str
+) -> None:
+    total = dlq.CHUNK * 3
+    await dlq.put(real_redis, queue_name, [letter(f"rec-{n}", f"id-{n}", n + 1) for n in range(total)])
+
+    done = await asyncio.gather(dlq.replay_all(real_redis, queue_name), dlq.replay_all(real_redis, queue_name))
+
+    assert sum(done) == total
+    inbox = [r.decode() for r in await real_redis.lrange(inbox_key(queue_name), 0, -1)]
+    assert sorted(inbox) == sorted(f"rec-{n}" for n in range(total))
+    assert len(set(inbox)) == total
+
+
+async def test_replay_all_ends_when_records_fail_again_during_the_replay(real_redis: Any, queue_name: str) -> None:
+    # A worker dead-letters replayed records again while the replay runs (Akto still refuses them):
+    # they come back with a later failure time and must not be replayed by the same run forever.
+    await dlq.put(real_redis, queue_name, [letter(f"rec-{n}", f"id-{n}", n + 1) for n in range(dlq.CHUNK + 1)])
+    original = real_redis.eval
+
+    async def refused_again(script: str, numkeys: int, *keys_and_args: Any) -> Any:
+        moved = await original(script, numkeys, *keys_and_args)
+        ids = keys_and_args[numkeys:]
+        await dlq.put(real_redis, queue_name, [dlq.make(f"rec-{i}", record_id=i, reason="rejected") for i in ids])
+        return moved
+
+    real_redis.eval = refused_again
+    assert await dlq.replay_all(real_redis, queue_name) == dlq.CHUNK + 1
+    assert await dlq.count(real_redis, queue_name) == dlq.CHUNK + 1  # failed again, kept for the next replay
+
+
+async def test_replay_drops_an_index_entry_whose_letter_is_gone(fake_redis: Any) -> None:
+    await dlq.put(fake_redis, QUEUE, [letter("rec", "r1", 1), letter("orphan", "r2", 2)])
+    await fake_redis.hdel(dlq_key(QUEUE), "r2")
+    assert await dlq.replay_all(fake_redis, QUEUE) == 1
+    assert await fake_redis.zcard(dlq_index_key(QUEUE)) == 0
+
+
+async def test_purge_all_deletes_in_chunks(real_redis: Any, queue_name: str) -> None:
+    total = dlq.CHUNK + 3
+    await dlq.put(real_redis, queue_name, [letter(f"rec-{n}", f"id-{n}", n + 1) for n in range(total)])
+    assert await dlq.purge_all(real_redis, queue_name) == total
+    assert await dlq.count(real_redis, queue_name) == 0
+    assert await real_redis.llen(inbox_key(queue_name)) == 0

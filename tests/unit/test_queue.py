@@ -18,6 +18,7 @@ from akto_ingest.queue import (
     encode_job,
     enqueue_batch,
     inbox_key,
+    job_frame,
     job_payload,
     push,
 )
@@ -228,3 +229,27 @@ async def test_push_appends_to_the_inbox(fake_redis: Any) -> None:
     await push(fake_redis, "akto:q", ["first"])
     await push(fake_redis, "akto:q", ["second"])
     assert await fake_redis.lrange("akto:q:inbox", 0, -1) == [b"first", b"second"]
+
+
+async def test_claimed_job_is_the_job_payload_of_its_records(real_redis: Any, queue_name: str) -> None:
+    # The claim script and job_payload() share job_frame(): a claimed job and a retry job of the
+    # same records differ only in their attempt and time.
+    records = ['{"id":"a","path":"/v1/chat","text":"é \\" \\\\"}', '{"id":"b"}']
+    await push(real_redis, queue_name, records)
+    assert await Claimer(real_redis, queue_name, batch_size=10, job_ttl_ms=60_000).claim() == 2
+
+    [(job_id, score, _)] = await _jobs(real_redis, queue_name)
+    raw = await real_redis.get(job_key_prefix + job_id)
+    assert json.loads(raw) == json.loads(job_payload(records, 0, int(score)))
+    assert decode_job(raw) == decode_job(job_payload(records, 0, int(score)))
+
+
+def test_job_frame_wraps_any_records_list() -> None:
+    before, after = job_frame(2, 99)
+    assert json.loads(before + b'["x","y"]' + after) == {
+        "t": 1,
+        "f": DELIVER_FUNCTION,
+        "a": [["x", "y"], 2],
+        "k": {},
+        "et": 99,
+    }

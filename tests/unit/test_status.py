@@ -6,11 +6,17 @@ import json
 import time
 from typing import Any
 
+import pytest
+from redis import Redis as SyncRedis
+from redis.exceptions import RedisError
+
 from akto_ingest import dlq
-from akto_ingest.cli import status
-from akto_ingest.queue import enqueue_batch, heartbeat_key, inbox_key, spool_status_key
+from akto_ingest.cli import main, status
+from akto_ingest.queue import dlq_index_key, dlq_key, enqueue_batch, heartbeat_key, inbox_key, spool_status_key
 from akto_ingest.record import Record
-from akto_worker.settings import check_redis_durability
+from akto_worker.lifecycle import check_redis_durability
+
+from .conftest import REAL_REDIS_URL
 
 
 async def test_status_counts_every_place_a_record_can_be(real_redis: Any, queue_name: str) -> None:
@@ -55,3 +61,26 @@ async def test_worker_warns_about_eviction_and_missing_persistence() -> None:
 async def test_durable_redis_gets_no_warning() -> None:
     config: Any = _Config(**{"maxmemory-policy": "noeviction", "appendonly": "yes", "save": ""})
     assert await check_redis_durability(config) == []
+
+
+def test_cli_replays_a_store_larger_than_a_chunk(queue_name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    total = dlq.CHUNK + 5
+    redis = SyncRedis.from_url(REAL_REDIS_URL, socket_connect_timeout=1)
+    try:
+        try:
+            redis.ping()
+        except (RedisError, OSError) as exc:
+            pytest.skip(f"no Redis answers at {REAL_REDIS_URL}: {exc}")
+        letters = [dlq.make(f"rec-{n}", record_id=f"id-{n}", reason="rejected") for n in range(total)]
+        redis.hset(dlq_key(queue_name), mapping={d.id: d.model_dump_json() for d in letters})
+        redis.zadd(dlq_index_key(queue_name), {d.id: d.failed_ms for d in letters})
+
+        code = main(["--redis-url", REAL_REDIS_URL, "--queue", queue_name, "dlq", "replay", "--all", "--json"])
+
+        assert code == 0
+        assert json.loads(capsys.readouterr().out) == {"replayed": total}
+        assert redis.llen(inbox_key(queue_name)) == total
+        assert redis.hlen(dlq_key(queue_name)) == 0
+    finally:
+        redis.delete(inbox_key(queue_name), dlq_key(queue_name), dlq_index_key(queue_name))
+        redis.close()

@@ -1,7 +1,8 @@
 """The Akto ingestion worker. Run it with ``arq akto_worker.WorkerSettings``.
 
-``WorkerSettings`` is built on first access from the environment (see ``settings.py``), so importing
-this package reads no configuration and a bad configuration fails the worker at start with a
+``WorkerSettings`` lives in ``settings.py``, which reads the configuration when it is imported; this
+package imports it only when ``WorkerSettings`` is looked up, so the worker's other modules can be
+imported without any configuration, and a bad configuration fails the worker at start with a
 message naming the variable.
 """
 
@@ -9,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .settings import build_worker_settings
-
-__all__ = ["WorkerSettings", "build_worker_settings"]
+__all__ = ["WorkerSettings"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "WorkerSettings":
-        return build_worker_settings()
+        from .settings import WorkerSettings
+
+        return WorkerSettings
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

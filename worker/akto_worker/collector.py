@@ -6,12 +6,12 @@ import asyncio
 import logging
 import os
 import socket
-import time
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from akto_ingest.queue import Claimer, heartbeat_key, inbox_key
+from akto_ingest.queue import Claimer, backlog, heartbeat_key
+from akto_ingest.record import now_ms
 
 from . import metrics
 
@@ -26,7 +26,7 @@ async def collect(claimer: Claimer, batch_size: int) -> None:
     while True:
         try:
             moved = await claimer.claim()
-        except RedisError as exc:
+        except (RedisError, OSError) as exc:
             log.warning("cannot claim records from the inbox: %s", exc)
             await asyncio.sleep(1)
             continue
@@ -39,16 +39,11 @@ async def report_backlog(redis: Redis, queue: str) -> None:
     me = f"{socket.gethostname()}:{os.getpid()}"
     while True:
         try:
-            now = int(time.time() * 1000)
-            async with redis.pipeline(transaction=False) as pipe:
-                pipe.zcount(queue, "-inf", now)
-                pipe.zcount(queue, f"({now}", "+inf")
-                pipe.llen(inbox_key(queue))
-                pipe.hset(heartbeat_key(queue), me, str(now))
-                ready, deferred, inbox, _ = await pipe.execute()
-            metrics.BACKLOG.labels("ready").set(ready)
-            metrics.BACKLOG.labels("deferred").set(deferred)
-            metrics.BACKLOG.labels("inbox").set(inbox)
+            waiting = await backlog(redis, queue)
+            metrics.BACKLOG.labels("ready").set(waiting.ready_jobs)
+            metrics.BACKLOG.labels("deferred").set(waiting.deferred_jobs)
+            metrics.BACKLOG.labels("inbox").set(waiting.inbox)
+            await redis.hset(heartbeat_key(queue), me, str(now_ms()))  # type: ignore[misc]  # redis-py types sync|async
         except RedisError as exc:
             log.warning("cannot read the queue backlog: %s", exc)
         await asyncio.sleep(GAUGE_INTERVAL_SECONDS)

@@ -1,16 +1,67 @@
-"""The worker's HTTP side port: Prometheus metrics and the liveness/readiness probes."""
+"""The worker's HTTP side port: Prometheus metrics and the liveness/readiness probes.
+
+``/healthz`` (liveness) says whether this process still works: its event loop keeps time and its
+collector task is running. It does not ask Redis: a Redis outage is shared by every worker, and
+restarting them all would not bring Redis back. ``/readyz`` (readiness) adds a Redis PING, so a
+worker that cannot reach Redis is reported as not ready without being restarted.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+TICK_SECONDS = 1.0
+# A loop that wakes a timer this late is blocked or starved: jobs, the collector and arq's own
+# polling all wait behind it. Kubernetes probes fail first on their own timeout when it is blocked
+# outright; this catches a loop that still answers but no longer keeps up.
+MAX_LOOP_LAG_SECONDS = 10.0
+PING_TIMEOUT_SECONDS = 2.0
 
-async def serve(redis: Redis, port: int) -> web.AppRunner:
+
+class Liveness:
+    """Watches this process: the lateness of the event loop's timers and the collector task."""
+
+    def __init__(
+        self, collector: asyncio.Task[None], *, tick: float = TICK_SECONDS, max_lag: float = MAX_LOOP_LAG_SECONDS
+    ) -> None:
+        self._collector = collector
+        self._tick = tick
+        self._max_lag = max_lag
+        self._stall = 0.0
+        self._stall_seen = -math.inf
+
+    async def watch_loop(self) -> None:
+        """Forever: sleep one tick and note a wake-up later than ``max_lag``."""
+        while True:
+            due = time.monotonic() + self._tick
+            await asyncio.sleep(self._tick)
+            now = time.monotonic()
+            if now - due > self._max_lag:
+                self._stall, self._stall_seen = now - due, now
+
+    def problems(self) -> list[str]:
+        """Why this worker is not alive; empty when it is.
+
+        A stall is reported for ``max_lag`` seconds after it ends, so the probe that was kept
+        waiting by it still sees it; a loop that stays starved is reported on every probe.
+        """
+        found = []
+        if self._collector.done():
+            error = None if self._collector.cancelled() else self._collector.exception()
+            found.append(f"collector task ended ({error!r})" if error else "collector task ended")
+        if time.monotonic() - self._stall_seen < self._max_lag:
+            found.append(f"event loop {self._stall:.1f}s late (limit {self._max_lag:g}s)")
+        return found
+
+
+async def serve(redis: Redis, port: int, liveness: Liveness, host: str = "0.0.0.0") -> web.AppRunner:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``port`` from the worker's own event loop,
     so a blocked loop fails the probes as it should."""
 
@@ -18,15 +69,24 @@ async def serve(redis: Redis, port: int) -> web.AppRunner:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
+        problems = liveness.problems()
+        if problems:
+            return web.Response(status=503, text="; ".join(problems) + "\n")
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        problems = liveness.problems()
         try:
-            await asyncio.wait_for(redis.ping(), timeout=2)
-        except (RedisError, TimeoutError) as exc:
-            return web.Response(status=503, text=f"redis: {exc}\n")
+            await asyncio.wait_for(redis.ping(), timeout=PING_TIMEOUT_SECONDS)
+        except (RedisError, OSError, TimeoutError) as exc:
+            problems.append(f"redis: {exc or type(exc).__name__}")
+        if problems:
+            return web.Response(status=503, text="; ".join(problems) + "\n")
         return web.Response(text="ok\n")
 
     app = web.Application()
-    app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", healthz)])
+    app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz)])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port).start()
+    await web.TCPSite(runner, host, port).start()
     return runner
