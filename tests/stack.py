@@ -210,6 +210,7 @@ def new_redis(log_dir: Path, *, appendonly: bool = False) -> RedisServer:
 
 BLOCK_EXAMPLE = REPO / "deploy" / "litellm" / "config.block.yaml"
 MONITOR_EXAMPLE = REPO / "deploy" / "litellm" / "config.monitor.yaml"
+CALLBACK_EXAMPLE = REPO / "deploy" / "litellm" / "config.callback.yaml"
 # Tests retry fast; production defaults are 1 s doubling to 300 s, with a 10 s delivery timeout.
 FAST_RETRY = {"AKTO_BACKOFF_BASE": "0.2", "AKTO_BACKOFF_MAX": "1", "AKTO_DELIVERY_TIMEOUT": "2"}
 
@@ -228,10 +229,11 @@ def litellm_config(
     config["model_list"] = MOCK_MODELS
     if litellm_settings:
         config["litellm_settings"] = dict(litellm_settings)
-    params = config["guardrails"][0]["litellm_params"]
-    for key in drop:
-        params.pop(key, None)
-    params.update(extra or {})
+    if drop or extra:
+        params = config["guardrails"][0]["litellm_params"]
+        for key in drop:
+            params.pop(key, None)
+        params.update(extra or {})
     return str(yaml.safe_dump(config, sort_keys=False))
 
 

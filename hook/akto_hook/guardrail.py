@@ -178,6 +178,11 @@ class AktoGuardrail(CustomGuardrail):
         data = {"metadata": params.get("metadata") or {}}
         return bool(self.should_run_guardrail(data=data, event_type=GuardrailEventHooks.post_call))
 
+    def records_call(self, kwargs: Mapping[str, Any]) -> bool:
+        """True when this guardrail records the call LiteLLM's logging ``kwargs`` describe (an
+        ``akto_hook.AktoLogger`` on the same proxy then leaves that call to it)."""
+        return self._wants(kwargs)
+
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """Runs after the client has its response: one Redis write, nothing else."""
         if self._wants(kwargs):
