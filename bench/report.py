@@ -170,34 +170,35 @@ def _git_commit() -> str:
     return commit + (f" plus uncommitted changes to {', '.join(changed)}" if changed else "")
 
 
-def markdown(sections: list[Section], *, command: str, elapsed_s: float, notes: Iterable[str] = ()) -> str:
+def markdown(
+    sections: list[Section], *, command: str, elapsed_s: float, notes: Iterable[str] = (), load: str = ""
+) -> str:
     machine = procfs.machine()
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "# Benchmarks",
         "",
-        f"Measured {now} at commit {_git_commit()} with `{command}` ({elapsed_s / 60:.1f} min). "
-        "Everything ran on one machine at once: LiteLLM proxies, the arq worker(s), the fake Akto, Redis and the "
-        "load generator share its cores, so each number includes that contention.",
-        "",
-        "## Machine",
-        "",
-        *(f"- {k}: {v}" for k, v in machine.items()),
-        "",
-        *(f"Note: {note}\n" for note in notes),
-        "## Targets",
-        "",
         targets_table(sections),
         "",
+        f"Measured {now} at commit {_git_commit()} with `{command}` ({elapsed_s / 60:.1f} min) on "
+        f"{machine['cpu']}. Everything ran on that one machine at once: LiteLLM proxies, the fake model "
+        "server, the fake Akto, Redis, arq workers and the load generator share its cores.",
+        "",
     ]
+    if load:
+        parts += [f"**{load}**", ""]
     misses = [t for s in sections for t in s.targets if t.passed is False and t.bound]
     if misses:
-        parts += ["### What bounds each miss", ""]
+        parts += ["## What bounds each miss", ""]
         parts += [f"- **{t.goal}**: {t.bound}" for t in misses]
         parts.append("")
+    parts += ["## Machine", "", *(f"- {k}: {v}" for k, v in machine.items()), ""]
+    parts += [f"Note: {note}\n" for note in notes]
     for section in sections:
         header, body = _section_table(section)
-        parts += [f"## {section.title}", "", _md_table(header, body), ""]
+        parts += [f"## {section.title}", ""]
+        if section.rows:
+            parts += [_md_table(header, body), ""]
         parts += [f"- {note}" for note in section.notes]
         if section.notes:
             parts.append("")
@@ -207,12 +208,13 @@ def markdown(sections: list[Section], *, command: str, elapsed_s: float, notes: 
         "## How to reproduce",
         "",
         "```bash",
-        "make bench                      # full run (about 20 minutes on 2 cores); writes this file",
+        "make bench                      # full run (about 10 minutes on 2 cores); writes this file",
         ".venv/bin/python scripts/with_redis.py .venv/bin/python -m bench --quick    # smoke run, small counts",
-        ".venv/bin/python scripts/with_redis.py .venv/bin/python -m bench --only worker   # one section",
+        ".venv/bin/python scripts/with_redis.py .venv/bin/python -m bench --only e2e   # one section",
         "```",
         "",
-        "Profiles are taken with py-spy (`pip install py-spy`) when it is installed; the run skips them otherwise.",
+        "py-spy (a dev dependency) measures our share of the monitor proxy's CPU; without it that target is "
+        "judged on the CPU difference to the no-op control.",
         "",
     ]
     return "\n".join(parts)
