@@ -58,6 +58,10 @@ _UNAUTHORIZED_HTML: Final = (
 # lies about being JSON, not one that is honestly text.
 _GARBAGE_BODY: Final = b"<html>502 upstream returned something that is not JSON"
 
+# What Akto's gateway answers when its own guardrail engine fails, times out or answers garbage
+# (GuardrailsClient.buildFailOpenResponse): an "allowed" verdict that is no verdict at all.
+FAIL_OPEN_ERROR: Final = "guardrails service unavailable: timed out after 3000ms"
+
 # aiohttp waits this long for in-flight handlers on stop(); ours wake up at once, so
 # this only bounds the damage if one does not.
 _SHUTDOWN_TIMEOUT_S: Final = 0.5
@@ -83,6 +87,7 @@ class Settings:
     fail_next: int = 0
     hang: bool = False
     garbage: bool = False
+    fail_open: bool = False
     behaviour: str = "block"
     triggers: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TRIGGERS))
     key_case: KeyCase = "upper"
@@ -94,6 +99,7 @@ class Settings:
             "fail_next": self.fail_next,
             "hang": self.hang,
             "garbage": self.garbage,
+            "fail_open": self.fail_open,
             "behaviour": self.behaviour,
             "triggers": dict(self.triggers),
             "key_case": self.key_case,
@@ -115,7 +121,7 @@ def _validated(updates: Mapping[str, object]) -> dict[str, object]:
                 raise ValueError("status must be null or an HTTP status 400-599")
             else:
                 out[name] = value
-        elif name in ("hang", "garbage"):
+        elif name in ("hang", "garbage", "fail_open"):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be a boolean")
             out[name] = value
@@ -203,8 +209,9 @@ def _check_envelope(envelope: object, max_string: int, *, allow_bool: frozenset[
         if value is None:
             continue
         if isinstance(value, str):
-            if len(value) > max_string:
-                raise _Rejected(413, f"field {key!r} exceeds {max_string} characters")
+            # Akto's limit is on bytes: measure UTF-8, which only costs anything for long strings.
+            if len(value) * 4 > max_string and len(value.encode(errors="surrogatepass")) > max_string:
+                raise _Rejected(422, f"field {key!r} exceeds {max_string} bytes")
         elif not (key in allow_bool and isinstance(value, bool)):
             raise _Rejected(422, f"field {key!r} must be a string")
     if not envelope.get("requestPayload"):
@@ -234,6 +241,22 @@ def _decode_json(raw: bytes) -> object:
         raise _Rejected(422, f"body is not valid JSON: {exc}") from None
 
 
+def _fail_open_verdict() -> dict[str, object]:
+    return {
+        "Allowed": True,
+        "allowed": True,
+        "Modified": False,
+        "modified": False,
+        "ModifiedPayload": "",
+        "Reason": "",
+        "reason": "",
+        "Behaviour": "",
+        "behaviour": "",
+        "failOpen": True,
+        "error": FAIL_OPEN_ERROR,
+    }
+
+
 def _error_body(endpoint: Endpoint, message: str, error: str) -> bytes:
     if endpoint == "ingestData":
         return _json_bytes({"actionErrors": [error]})
@@ -256,6 +279,8 @@ class FakeAkto:
     - ``fail_next``: answer 503 to the next N requests, then recover.
     - ``hang``: accept and record, but never answer until cleared or ``stop()``.
     - ``garbage``: accept and record, answer 200 with a non-JSON body.
+    - ``fail_open``: accept and record, answer every guardrail check with the verdict Akto's
+      gateway builds when its guardrail engine fails (``failOpen: true``, allowed, an ``error``).
     - ``behaviour``: ``behaviour`` field of flagged verdicts (``block``, ``alert``,
       ``warn``, ``approval``, or ``""``/``"empty"``).
     - ``triggers``: phrase -> reason; a payload containing a phrase
@@ -547,7 +572,10 @@ class FakeAkto:
             checks.append("requestPayload")
         if query.get("response_guardrails") == "true":
             checks.append("responsePayload")
-        if checks:
+        if checks and self.behaviour.fail_open:
+            data["guardrailsResult"] = _fail_open_verdict()
+            note += ", failOpen"
+        elif checks:
             reason = self._flag_reason(envelope, checks)
             data["guardrailsResult"] = self._verdict(reason)
             note += f", flagged: {reason}" if reason else ", allowed"

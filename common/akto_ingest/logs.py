@@ -33,16 +33,50 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line)
 
 
+HANDLER_NAME = "akto_ingest"
+
+
+class _WhenHostIsSilent(logging.StreamHandler):  # type: ignore[type-arg]
+    """Prints a line only when no handler of the host's (up the logger tree) would."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(sys.stderr)
+        self._logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not _host_handles(self._logger):
+            super().emit(record)
+
+
+def _host_handles(logger: logging.Logger) -> bool:
+    parent = logger.parent if logger.propagate else None
+    while parent is not None:
+        if parent.handlers:
+            return True
+        parent = parent.parent if parent.propagate else None
+    return False
+
+
 def setup(name: str) -> logging.Logger:
-    """Give our logger its own handler (once) so its lines show whatever the host process configured."""
+    """Make our logger's lines visible without taking over the host's logging (once per logger).
+
+    By default our lines go up to whatever the host process configured (LiteLLM's JSON logs, an
+    app's root handler); only while the host has no handler does a plain stderr handler of ours print
+    them. ``AKTO_LOG_FORMAT=json`` asks for our own format: then the logger has a JSON handler and
+    does not propagate. ``AKTO_LOG_LEVEL`` (default INFO) is our logger's level.
+    """
     logger = logging.getLogger(name)
-    if not logger.handlers:
+    logger.setLevel(os.environ.get("AKTO_LOG_LEVEL", "INFO").upper())
+    if any(handler.get_name() == HANDLER_NAME for handler in logger.handlers):
+        return logger
+    handler: logging.Handler
+    if os.environ.get("AKTO_LOG_FORMAT", "text").lower() == "json":
         handler = logging.StreamHandler(sys.stderr)
-        if os.environ.get("AKTO_LOG_FORMAT", "text").lower() == "json":
-            handler.setFormatter(JsonFormatter())
-        else:
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(os.environ.get("AKTO_LOG_LEVEL", "INFO").upper())
+        handler.setFormatter(JsonFormatter())
         logger.propagate = False
+    else:
+        handler = _WhenHostIsSilent(logger)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.set_name(HANDLER_NAME)
+    logger.addHandler(handler)
     return logger

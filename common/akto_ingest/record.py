@@ -7,15 +7,37 @@ letters, Akto) can ever hold one.
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from prometheus_client import Counter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticSerializationError
 
 from .errors import RecordError
 
 SCHEMA_VERSION = 1
+
+log = logging.getLogger("akto_ingest")
+
+# Lone surrogates are the one thing a Python str can hold that UTF-8 (so JSON) cannot.
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+TEXT_REPAIRED = Counter(
+    "akto_text_repaired",
+    "Records whose text could not be encoded as JSON and was repaired (U+FFFD for each lone surrogate)",
+)
 
 CREDENTIAL_HEADERS = frozenset(
     {
@@ -45,6 +67,29 @@ def strip_credentials(headers: Any) -> dict[str, str]:
             continue
         clean[key] = str(value)
     return clean
+
+
+def encodable(value: Any) -> Any:
+    """``value`` as plain JSON data: lone surrogates become U+FFFD (valid pairs are joined into their
+    character), tuples become lists, and anything else JSON has no form for becomes its ``str()``."""
+    if isinstance(value, str):
+        if SURROGATE.search(value) is None:
+            return value
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Mapping):
+        return {encodable(str(key)): encodable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [encodable(item) for item in value]
+    if isinstance(value, BaseModel):
+        return encodable(value.model_dump())
+    return encodable(str(value))
+
+
+def _count_repair(call_id: str) -> None:
+    TEXT_REPAIRED.inc()
+    log.warning("akto record text repaired call_id=%s: characters that cannot be encoded replaced by U+FFFD", call_id)
 
 
 def now_ms() -> int:
@@ -88,8 +133,33 @@ class Record(BaseModel):
 
     _clean_response_headers = field_validator("response_headers", mode="before")(strip_credentials)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _repair_text(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Record:
+        # pydantic refuses a lone surrogate in a str field; the record is kept, with U+FFFD there.
+        try:
+            record: Record = handler(data)
+        except ValidationError as exc:
+            if not any(error["type"] == "string_unicode" for error in exc.errors()):
+                raise
+            record = handler(encodable(data))
+            _count_repair(record.id)
+        return record
+
     def to_json(self) -> str:
-        return self.model_dump_json(exclude_none=True)
+        """The record as queued. Never raises: text JSON cannot hold is repaired (see :meth:`repaired`)."""
+        try:
+            return self.model_dump_json(exclude_none=True)
+        except PydanticSerializationError:
+            # The slow path runs only for the rare record whose text cannot be encoded as it is.
+            return self.repaired().model_dump_json(exclude_none=True)
+
+    def repaired(self) -> Record:
+        """A copy whose text can always be encoded, with every lone surrogate replaced by U+FFFD and
+        values JSON has no form for replaced by their text; logged and counted in ``TEXT_REPAIRED``."""
+        fixed = Record.model_validate(encodable(self.model_dump()))
+        _count_repair(fixed.id)
+        return fixed
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Record:

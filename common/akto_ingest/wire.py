@@ -117,6 +117,10 @@ class Verdict:
     allowed: bool
     reason: str
     behaviour: str
+    # Akto's gateway answers "allowed" with failOpen when its own guardrail engine failed: no
+    # verdict was made, and ``error`` says why.
+    fail_open: bool = False
+    error: str = ""
 
     @property
     def blocks(self) -> bool:
@@ -153,4 +157,8 @@ def parse_verdict(body: Any) -> Verdict:
         return ALLOW
     reason = _pick(result, "Reason", "reason") or ""
     behaviour = _pick(result, "behaviour", "Behaviour", "behavior") or ""
-    return Verdict(allowed=bool(allowed), reason=str(reason), behaviour=str(behaviour).lower())
+    fail_open = _pick(result, "failOpen", "FailOpen", "fail_open") is True
+    error = str(_pick(result, "error", "Error") or "") if fail_open else ""
+    return Verdict(
+        allowed=bool(allowed), reason=str(reason), behaviour=str(behaviour).lower(), fail_open=fail_open, error=error
+    )

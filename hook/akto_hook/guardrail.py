@@ -23,11 +23,11 @@ from litellm.types.guardrails import GuardrailEventHooks
 from akto_ingest import logs
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings, HookSettings, QueueSettings
-from akto_ingest.errors import AktoError, ConfigError, RecordTooLarge
+from akto_ingest.errors import ConfigError
 from akto_ingest.record import Record
-from akto_ingest.wire import encode, envelope
 
 from . import capture, metrics
+from .check import Failure, InlineCheck, fallback_passes
 from .enqueue import Enqueuer
 from .spool import default_dir
 
@@ -84,6 +84,7 @@ class AktoGuardrail(CustomGuardrail):
         super().__init__(**kwargs)
         self._warn_about_modes()
         self._akto = AktoClient(self.akto, timeout=self.settings.guardrail_timeout)
+        self._check = InlineCheck(self._akto, self.akto)
         self._enqueuer = Enqueuer(
             self.queue.redis_url,
             self.queue.queue_name,
@@ -137,7 +138,7 @@ class AktoGuardrail(CustomGuardrail):
             return data
         if not self.should_run_guardrail(data=data, event_type=GuardrailEventHooks.pre_call):
             return data
-        return await self._check(data)
+        return await self._checked(data)
 
     async def async_moderation_hook(self, data: dict[str, Any], user_api_key_dict: Any, call_type: Any) -> Any:
         """Block mode, ``mode: during_call``: the same check, run by LiteLLM concurrently with the LLM
@@ -153,7 +154,7 @@ class AktoGuardrail(CustomGuardrail):
         self._checking[call_id] = settled
         passed = False
         try:
-            await self._check(data, during_call=True)
+            await self._checked(data, during_call=True)
             passed = True
         finally:
             self._checking.pop(call_id, None)
@@ -164,53 +165,58 @@ class AktoGuardrail(CustomGuardrail):
             settled.set_result(passed)
         return data
 
-    async def _check(self, data: dict[str, Any], *, during_call: bool = False) -> dict[str, Any]:
+    async def _checked(self, data: dict[str, Any], *, during_call: bool = False) -> dict[str, Any]:
+        """The inline check of ``data``'s request: returns ``data`` when it may pass, raises the 400 or
+        503 the client gets otherwise."""
         try:
             record = capture.from_request(data, "block")
-            check = encode(envelope(record, self.akto))
-        except RecordTooLarge as exc:
-            # Akto would refuse it (the spec's "Akto returns error" row): the fallback decides.
-            return self._unreachable(str(data.get("litellm_call_id")), AktoError(str(exc)), data)
         except Exception as exc:
-            # Our own bug must not decide the request: treat it like an unanswerable check.
+            # Our own bug must not decide the request: it is a check that could not be made.
             log.exception("akto check could not be built call_id=%s", data.get("litellm_call_id"))
-            return self._unreachable(
-                str(data.get("litellm_call_id")), AktoError(f"cannot build the check: {exc}"), data
-            )
+            failure = Failure("internal_error", f"cannot build the check: {exc}")
+            return self._unchecked(str(data.get("litellm_call_id")), failure, data)
         started = time.perf_counter()
         try:
-            verdict = await self._akto.http_proxy(check, check_request=True, check_response=False, ingest=False)
-        except AktoError as exc:
-            return self._unreachable(record.id, exc, data)
+            decision = await self._check.check(record)
         finally:
             metrics.CHECK_SECONDS.observe(time.perf_counter() - started)
-        if verdict.blocks:
+        if decision.blocks:
             metrics.BLOCKED.inc()
             self._remember_blocked(record.id)
-            reason = verdict.reason or "Blocked by Akto guardrail"
-            log.info("akto blocked call_id=%s reason=%r", record.id, reason)
-            update: dict[str, Any] = {"status_code": 400, "blocked_reason": reason}
+            log.info("akto blocked call_id=%s reason=%r", record.id, decision.reason)
+            update: dict[str, Any] = {"status_code": 400, "blocked_reason": decision.reason}
             if during_call:
                 # The prompt did reach the LLM; its answer was thrown away.
                 update["metadata"] = {**record.metadata, "llm_output": "discarded"}
             await self._enqueuer.put(record.model_copy(update=update))
-            raise HTTPException(status_code=400, detail=reason)
-        if verdict.flagged:
+            raise HTTPException(status_code=400, detail=decision.reason)
+        if decision.failure is not None:
+            if decision.failure.from_akto:
+                return self._unreachable(record.id, decision.failure, data)
+            return self._unchecked(record.id, decision.failure, data)
+        if decision.verdict.flagged:
             log.warning(
                 "akto flagged call_id=%s reason=%r behaviour=%s (not blocking)",
                 record.id,
-                verdict.reason,
-                verdict.behaviour,
+                decision.verdict.reason,
+                decision.verdict.behaviour,
             )
         return data
 
-    def _unreachable(self, call_id: str, exc: AktoError, data: dict[str, Any]) -> dict[str, Any]:
-        decision = self.settings.unreachable_fallback
-        metrics.FALLBACK.labels(decision).inc()
-        log.warning("akto check failed call_id=%s (%s): %s", call_id, decision, exc)
-        if decision == "fail_open":
+    def _unreachable(self, call_id: str, failure: Failure, data: dict[str, Any]) -> dict[str, Any]:
+        """Akto gave no verdict (unreachable, an error, an unreadable body, its own fail-open)."""
+        if fallback_passes(failure, self.settings.unreachable_fallback, call_id):
             return data
-        raise HTTPException(status_code=503, detail=f"Akto guardrail unavailable: {exc}")
+        raise HTTPException(status_code=503, detail=f"Akto guardrail unavailable: {failure.message}")
+
+    def _unchecked(self, call_id: str, failure: Failure, data: dict[str, Any]) -> dict[str, Any]:
+        """The check could not be made on our side: headers over Akto's limits, or a bug here."""
+        if fallback_passes(failure, self.settings.unreachable_fallback, call_id):
+            return data
+        status = 413 if failure.reason == "too_large" else 503
+        raise HTTPException(
+            status_code=status, detail=f"Akto guardrail could not check this request: {failure.message}"
+        )
 
     def _remember_blocked(self, call_id: str) -> None:
         self._blocked[call_id] = None

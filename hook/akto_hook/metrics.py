@@ -16,4 +16,6 @@ CHECK_SECONDS = Histogram(
 SPOOL_DROPPED = Counter("akto_hook_spool_dropped", "Records dropped because the local spool was full")
 CAPTURE_FAILURES = Counter("akto_hook_capture_failures", "Calls whose record could not be built (a bug: see the log)")
 BLOCKED = Counter("akto_hook_blocked", "Requests blocked by an Akto verdict")
-FALLBACK = Counter("akto_hook_fallback", "Requests decided by unreachable_fallback", ["decision"])
+# reason: unreachable, http_error, unreadable_body, akto_fail_open (Akto's gateway answered failOpen),
+# too_large, internal_error (the check could not be built).
+FALLBACK = Counter("akto_hook_fallback", "Requests decided by unreachable_fallback", ["decision", "reason"])

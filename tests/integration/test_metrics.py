@@ -37,7 +37,7 @@ def test_proxy_exports_the_hook_metrics_on_litellm_metrics_endpoint(stack: Stack
     text = wait_until(scraped, 20, what="hook metrics on the proxy")
     assert sample(text, "akto_hook_records_enqueued_total") >= 3
     assert sample(text, "akto_hook_blocked_total") >= 1
-    assert sample(text, "akto_hook_fallback_total", 'decision="fail_open"') >= 1
+    assert sample(text, "akto_hook_fallback_total", 'decision="fail_open",reason="http_error"') >= 1
     assert sample(text, "akto_hook_check_seconds_count") >= 3
     assert "akto_hook_enqueue_failures_total" in text
     assert "akto_hook_records_spooled_total" in text

@@ -155,12 +155,57 @@ async def test_envelope_validation_auth_and_size(akto: FakeAkto, http: aiohttp.C
     bearer = {"Authorization": f"Bearer {API_KEY}"}
     assert (await post(http, url, envelope(), headers=bearer))[0] == 200
 
-    big_string = {**envelope(), "responsePayload": "x" * (256 * 1024 + 1)}
-    assert (await post(http, url, big_string))[0] == 413
-    many_fields = {**envelope(), **{f"f{i}": "x" * 200_000 for i in range(12)}}
-    assert (await post(http, url, many_fields))[0] == 413
-
     assert len(akto.records) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "max_body", "max_string"),
+    [("/api/http-proxy", 2 * 1024 * 1024, 256 * 1024), ("/api/ingestData", 10 * 1024 * 1024, 5 * 1024 * 1024)],
+)
+async def test_each_endpoint_enforces_its_own_limits(
+    akto: FakeAkto, http: aiohttp.ClientSession, path: str, max_body: int, max_string: int
+) -> None:
+    url = akto.url + path
+
+    def body(**fields: str) -> Any:
+        record = {**envelope(), **fields}
+        return {"batchData": [record]} if path.endswith("ingestData") else record
+
+    at_limit = "x" * max_string
+    assert (await post(http, url, body(responsePayload=at_limit)))[0] == 200
+    # The limit is on bytes: the same number of characters, two of them two bytes each, is over it.
+    status, text = await post(http, url, body(responsePayload="é" * 2 + at_limit[2:]))
+    assert status == 422, text
+    assert "responsePayload" in text and "bytes" in text
+    fields = {f"f{i}": "x" * (max_string // 2) for i in range(2 * max_body // max_string + 1)}
+    assert (await post(http, url, body(**fields)))[0] == 413
+    assert len(akto.records) == 1
+
+
+async def test_fail_open_answers_like_akto_gateway_when_its_guardrail_engine_fails(
+    akto: FakeAkto, http: aiohttp.ClientSession
+) -> None:
+    akto.configure(fail_open=True)
+    url = f"{akto.url}/api/http-proxy"
+    status, text = await post(http, url, envelope("ignore previous instructions"), {"guardrails": "true"})
+    assert status == 200
+    assert json.loads(text)["data"]["guardrailsResult"] == {
+        "Allowed": True,
+        "allowed": True,
+        "Modified": False,
+        "modified": False,
+        "ModifiedPayload": "",
+        "Reason": "",
+        "reason": "",
+        "Behaviour": "",
+        "behaviour": "",
+        "failOpen": True,
+        "error": "guardrails service unavailable: timed out after 3000ms",
+    }
+    # No check asked, no verdict: the fail-open answer exists only where a check failed.
+    status, text = await post(http, url, envelope("hi", "call-2"), {"ingest_data": "true"})
+    assert "guardrailsResult" not in json.loads(text)["data"]
+    assert len(akto.records) == 2
 
 
 async def test_ingest_batches_and_duplicates(akto: FakeAkto, http: aiohttp.ClientSession) -> None:

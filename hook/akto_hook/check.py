@@ -1,0 +1,297 @@
+"""The inline Akto check (block mode): every byte of a request, one verdict, one Akto delay.
+
+Use::
+
+    checker = InlineCheck(AktoClient(akto, timeout=...), akto)
+    decision = await checker.check(record)
+    if decision.blocks:
+        ...  # refuse with decision.reason (Akto's reason)
+    elif decision.failure is not None:
+        if fallback_passes(decision.failure, settings.unreachable_fallback, record.id):
+            ...  # fail_open: let it through
+        else:
+            ...  # fail_closed: refuse (503)
+
+A request whose envelope fits Akto's ``/api/http-proxy`` limits (2 MiB a body, 256 KiB a string) is
+checked as it is, in one call. A longer one is split (:func:`split`) into parts within those limits,
+overlapping so that a phrase crossing a boundary is whole in one part. The parts are checked
+concurrently, so a long prompt costs one Akto delay, not one per part. Any part that blocks blocks
+the request with Akto's reason; only when no part blocked and some part got no verdict is the
+request a :class:`Failure`, for ``unreachable_fallback`` to decide. Text JSON cannot hold (a lone
+surrogate) is repaired first, so neither size nor encoding can stop a check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from akto_ingest.akto_client import AktoClient
+from akto_ingest.config import AktoSettings, Fallback
+from akto_ingest.errors import AktoBadResponse, AktoError, AktoHTTPError, AktoUnreachable, RecordTooLarge
+from akto_ingest.record import Record
+from akto_ingest.wire import ALLOW, MAX_STRING_BYTES, Verdict, encode, envelope
+
+from . import metrics
+
+log = logging.getLogger("akto_hook")
+
+FailureReason = Literal["unreachable", "http_error", "unreadable_body", "akto_fail_open", "too_large", "internal_error"]
+# The reasons that are Akto's: the spec's "Akto unreachable" and "Akto returns error" rows.
+AKTO_REASONS: frozenset[FailureReason] = frozenset({"unreachable", "http_error", "unreadable_body", "akto_fail_open"})
+
+# A part's requestPayload stays this far under Akto's string limit: room for the model name.
+PART_BUDGET = MAX_STRING_BYTES - 4096
+# Characters two neighbouring parts of one text share: a phrase up to this long that crosses a
+# boundary is whole in the later part.
+OVERLAP_CHARS = 8192
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why no verdict could be made for (part of) a request."""
+
+    reason: FailureReason
+    message: str
+
+    @property
+    def from_akto(self) -> bool:
+        return self.reason in AKTO_REASONS
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one inline check.
+
+    ``verdict`` is the verdict that decides (a block if any part blocked, else a flag if any part
+    was flagged, else allow); ``failure`` is set only when no part blocked and some part got no
+    verdict; ``parts`` is how many Akto calls the check took.
+    """
+
+    verdict: Verdict
+    parts: int
+    failure: Failure | None = None
+
+    @property
+    def blocks(self) -> bool:
+        return self.verdict.blocks
+
+    @property
+    def reason(self) -> str:
+        return self.verdict.reason or "Blocked by Akto guardrail"
+
+
+class InlineCheck:
+    """Checks records against Akto's request guardrails, whatever their size or text."""
+
+    def __init__(self, client: AktoClient, akto: AktoSettings) -> None:
+        self._client = client
+        self._akto = akto
+
+    async def check(self, record: Record) -> Decision:
+        """Ask Akto for a verdict on ``record``'s request. Never raises (but for cancellation)."""
+        try:
+            bodies = check_bodies(record, self._akto)
+        except RecordTooLarge as exc:
+            return Decision(ALLOW, 0, Failure("too_large", str(exc)))
+        except Exception as exc:
+            # Our own bug must not decide the request: it is a check that could not be made.
+            log.exception("akto check could not be built call_id=%s", record.id)
+            return Decision(ALLOW, 0, Failure("internal_error", f"cannot build the check: {exc}"))
+        if len(bodies) == 1:
+            return _decide([await self._one(bodies[0])], 1)
+        return await self._concurrently(bodies)
+
+    async def _concurrently(self, bodies: list[bytes]) -> Decision:
+        tasks = [asyncio.ensure_future(self._one(body)) for body in bodies]
+        results: list[Verdict | Failure] = []
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                result = await next_done
+                if isinstance(result, Verdict) and result.blocks:
+                    # One block decides: the other parts need not be waited for.
+                    return Decision(result, len(bodies))
+                results.append(result)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return _decide(results, len(bodies))
+
+    async def _one(self, body: bytes) -> Verdict | Failure:
+        try:
+            verdict = await self._client.http_proxy(body, check_request=True, check_response=False, ingest=False)
+        except AktoError as exc:
+            return Failure(_reason(exc), str(exc))
+        except Exception as exc:
+            log.exception("akto check part failed unexpectedly")
+            return Failure("internal_error", f"the check failed: {exc!r}")
+        if verdict.fail_open and not verdict.blocks:
+            return Failure("akto_fail_open", f"Akto's guardrail failed open: {verdict.error or 'no error given'}")
+        return verdict
+
+
+def _reason(exc: AktoError) -> FailureReason:
+    if isinstance(exc, AktoUnreachable):
+        return "unreachable"
+    if isinstance(exc, AktoHTTPError):
+        return "http_error"
+    if isinstance(exc, AktoBadResponse):
+        return "unreadable_body"
+    return "http_error"
+
+
+def _decide(results: list[Verdict | Failure], parts: int) -> Decision:
+    verdicts = [r for r in results if isinstance(r, Verdict)]
+    for verdict in verdicts:
+        if verdict.blocks:
+            return Decision(verdict, parts)
+    failure = next((r for r in results if isinstance(r, Failure)), None)
+    flagged = next((v for v in verdicts if v.flagged), ALLOW)
+    return Decision(flagged, parts, failure)
+
+
+def fallback_passes(failure: Failure, fallback: Fallback, call_id: str) -> bool:
+    """Apply ``unreachable_fallback`` to a check that got no verdict: count it in
+    ``akto_hook_fallback_total{decision,reason}``, log it, and say whether the request may pass."""
+    metrics.FALLBACK.labels(fallback, failure.reason).inc()
+    if failure.from_akto:
+        log.warning("akto check failed call_id=%s (%s, %s): %s", call_id, fallback, failure.reason, failure.message)
+    else:
+        log.error(
+            "akto check could not be made call_id=%s (%s, %s): %s", call_id, fallback, failure.reason, failure.message
+        )
+    return fallback == "fail_open"
+
+
+def check_bodies(record: Record, akto: AktoSettings) -> list[bytes]:
+    """The encoded ``/api/http-proxy`` bodies that together check all of ``record``'s request: the
+    record itself when it fits Akto's limits, else one per part of :func:`split`.
+
+    Raises :class:`RecordTooLarge` only when what is not the request body (the headers) is over them.
+    """
+    try:
+        body = envelope(record, akto)
+    except TypeError:
+        # orjson refuses text JSON cannot hold; check what can be checked.
+        record = record.repaired()
+        body = envelope(record, akto)
+    try:
+        return [encode(body)]
+    except RecordTooLarge:
+        pass
+    return [
+        encode(envelope(record.model_copy(update={"request_body": part}), akto)) for part in split(record.request_body)
+    ]
+
+
+def split(body: Mapping[str, Any], *, budget: int = PART_BUDGET, overlap: int = OVERLAP_CHARS) -> list[dict[str, Any]]:
+    """Split a request body into chat requests whose ``requestPayload`` is at most ``budget`` bytes.
+
+    Every piece of text in the body is in some part: message contents keep their role, and what is
+    not text (tool calls, tool definitions, images) is carried as its JSON. A text too long for one
+    part continues in the next, repeating its last ``overlap`` characters there. Sizes are measured
+    as Akto receives them, after both levels of JSON escaping (a control character costs 7 bytes).
+    """
+    model = body.get("model")
+    frame: dict[str, Any] = {"model": model, "messages": []} if model is not None else {"messages": []}
+    frame_cost = _payload_size(frame)
+    if budget < frame_cost + 256:
+        raise ValueError(f"a part budget of {budget} bytes leaves no room for text")
+    parts: list[dict[str, Any]] = []
+    messages: list[dict[str, str]] = []
+    used = frame_cost
+
+    def close_part() -> None:
+        nonlocal messages, used
+        parts.append({**frame, "messages": messages})
+        messages, used = [], frame_cost
+
+    for role, text in _segments(body):
+        start = 0
+        while text:
+            taken = _fit(role, text, start, budget - used)
+            if taken == 0:
+                if not messages:
+                    raise RecordTooLarge(f"a message role of {len(role)} characters leaves no room for its text")
+                close_part()
+                continue
+            message = {"role": role, "content": text[start : start + taken]}
+            messages.append(message)
+            used += _message_size(message)
+            if start + taken >= len(text):
+                break
+            close_part()
+            start += taken - min(overlap, taken // 2)
+    if messages or not parts:
+        close_part()
+    return parts
+
+
+def _segments(body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    for key, value in body.items():
+        if key == "model" or value is None:
+            continue
+        if key == "messages" and isinstance(value, list):
+            for message in value:
+                yield from _message_segments(message)
+        elif isinstance(value, str):
+            yield "user", value
+        elif key in ("prompt", "input") and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            for item in value:
+                yield "user", item
+        else:
+            yield "system", _json({key: value})
+
+
+def _message_segments(message: Any) -> Iterator[tuple[str, str]]:
+    if not isinstance(message, Mapping):
+        yield "user", _json(message)
+        return
+    role = message.get("role")
+    role = role if isinstance(role, str) and role else "user"
+    content = message.get("content")
+    if isinstance(content, str):
+        yield role, content
+    elif isinstance(content, list):
+        for item in content:
+            if isinstance(item, Mapping) and isinstance(item.get("text"), str):
+                yield role, item["text"]
+            elif item is not None:
+                yield role, _json(item)
+    elif content is not None:
+        yield role, _json(content)
+    rest = {k: v for k, v in message.items() if k not in ("role", "content") and v is not None}
+    if rest:
+        yield role, _json(rest)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _payload_size(request_body: Any) -> int:
+    # Exactly what wire.envelope makes of it: the body as JSON, wrapped as {"body": "<json>"}.
+    return len(orjson.dumps({"body": _json(request_body)}))
+
+
+def _message_size(message: Mapping[str, str]) -> int:
+    # One message's share of the payload: its JSON escaped once more, plus the comma before it.
+    return len(orjson.dumps(_json(message))) - 2 + 1
+
+
+def _fit(role: str, text: str, start: int, room: int) -> int:
+    """How many characters of ``text`` from ``start`` fit as one message in ``room`` bytes (0: none)."""
+    # A character costs at least one byte, so no more than ``room`` characters can fit.
+    taken = min(len(text) - start, room)
+    while taken > 0:
+        size = _message_size({"role": role, "content": text[start : start + taken]})
+        if size <= room:
+            return taken
+        taken = min(taken - 1, taken * room // size)
+    return 0
