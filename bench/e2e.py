@@ -117,10 +117,12 @@ def _window(bench: Bench, case: Case, n: int, first_id: int, totals: Totals) -> 
     totals.errors += result.errors
 
 
-def _measure(bench: Bench, cases: tuple[Case, ...], rounds: int, per_round: int, first_id: int) -> dict[Case, Totals]:
+def _measure(
+    bench: Bench, cases: tuple[Case, ...], rounds: int, per_round: int, first_id: int, warmup: int
+) -> dict[Case, Totals]:
     totals = {case: Totals() for case in cases}
-    for case in cases:  # warm-up: connections, LiteLLM's lazy imports and caches
-        _window(bench, case, 5, first_id, Totals())
+    for case in cases:  # warm-up: connections, LiteLLM's lazy imports and caches (a first request costs 0.3 s)
+        _window(bench, case, warmup, first_id, Totals())
     for rnd in range(rounds):
         shift = rnd % len(cases)
         for case in cases[shift:] + cases[:shift]:
@@ -171,8 +173,8 @@ def run(bench: Bench) -> Section:
     bench.start_proxies(PROXY_KINDS)
     bench.akto.configure(delay_ms=AKTO_DELAY_MS)
     mock_rounds, slow_rounds, per_round = (3, 2, 5) if bench.quick else (10, 5, 15)
-    mock = _measure(bench, MOCK_CASES, mock_rounds, per_round, 0)
-    slow = _measure(bench, SLOW_CASES, slow_rounds, per_round * 2 // 3, 1_000_000)
+    mock = _measure(bench, MOCK_CASES, mock_rounds, per_round, 0, warmup=20)
+    slow = _measure(bench, SLOW_CASES, slow_rounds, per_round * 2 // 3, 1_000_000, warmup=3)
     share = _our_cpu_share(bench, 6 if bench.quick else 12)
     bench.akto.configure(delay_ms=0)
     bench.akto.reset()
