@@ -131,9 +131,9 @@ def _measure(
     return totals
 
 
-def _our_cpu_share(bench: Bench, seconds: float) -> tuple[float, float] | None:
-    """py-spy on the monitor proxy under the mock load: the share of its samples in our code, and its
-    CPU per request meanwhile."""
+def _our_cpu_share(bench: Bench, seconds: float) -> tuple[float, float, float] | None:
+    """py-spy on the monitor proxy under the mock load: the share of its samples in our code, its CPU
+    per request meanwhile, and the share of our samples spent in redis-py (the record's write)."""
     if not bench.profiling:
         return None
     proxy = bench.proxies[OURS_MONITOR]
@@ -145,7 +145,8 @@ def _our_cpu_share(bench: Bench, seconds: float) -> tuple[float, float] | None:
     cpu = procfs.cpu_seconds(proxy.proc.popen.pid) - cpu0
     profile.finish(spy)
     part = profile.share(out, OUR_FRAMES)
-    return None if part is None else (part, cpu / max(1, result.ok) * 1000)
+    redis = profile.share(out, ("(redis/",), within=OUR_FRAMES)
+    return None if part is None else (part, cpu / max(1, result.ok) * 1000, redis or 0.0)
 
 
 def _rows(section: Section, totals: dict[Case, Totals], base: Totals, llm: str) -> None:
@@ -205,7 +206,7 @@ def _judge(
     bench: Bench,
     mock: dict[Case, Totals],
     slow: dict[Case, Totals],
-    share: tuple[float, float] | None,
+    share: tuple[float, float, float] | None,
 ) -> None:
     none, idle = mock[Case(NONE, MOCK_MODEL)], mock[Case(NONE, MOCK_MODEL, pause=True)]
     idle_ms = idle.p(50) - none.p(50)
@@ -266,16 +267,27 @@ def _judge(
     )
     hook_cpu = mon.cpu_ms - noop.cpu_ms
     measured = f"{hook_cpu:+.2f} ms/req (monitor proxy's CPU minus the no-op control's)"
+    judged = hook_cpu
+    bound = (
+        "judged on the CPU difference between the monitor proxy and the no-op control (py-spy did not run); "
+        "the hook's own work per record is measured in-process in section 2"
+    )
     if share is not None:
-        part, cpu = share
-        measured += f"; py-spy: {part:.1%} of the monitor proxy's samples in our code = {part * cpu:.2f} ms/req"
+        part, cpu, redis = share
+        judged = part * cpu
+        measured += f"; py-spy: {part:.1%} of the monitor proxy's samples in our code = {judged:.2f} ms/req"
+        bound = (
+            f"{redis:.0%} of our samples are redis-py writing the record ({redis * judged:.2f} ms/req), most of "
+            "it the socket write itself: on one machine the kernel runs Redis's side of the loopback TCP "
+            "send in the proxy's time. Building and serialising the record is the rest "
+            f"({(1 - redis) * judged:.2f} ms/req with the event loop's wake-ups)"
+        )
     section.targets.append(
         Target(
             goal=f"monitor: the hook costs ≤ {MONITOR_CPU_MS:g} ms of the proxy's CPU per request",
             measured=measured,
-            passed=(share[0] * share[1] if share else hook_cpu) <= MONITOR_CPU_MS,
-            margin=margin(share[0] * share[1] if share else hook_cpu, MONITOR_CPU_MS, "ms", lower_is_better=True),
-            bound="judged on py-spy's share when it ran (the CPU difference between two proxies carries their "
-            "noise); the hook's own work per record is measured in-process in section 2",
+            passed=judged <= MONITOR_CPU_MS,
+            margin=margin(judged, MONITOR_CPU_MS, "ms", lower_is_better=True),
+            bound=bound,
         )
     )

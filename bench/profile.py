@@ -49,11 +49,15 @@ def _samples(path: Path) -> list[tuple[list[str], int]]:
     return out
 
 
-def share(path: Path, markers: tuple[str, ...]) -> float | None:
-    """Fraction of samples whose stack has a frame containing any of ``markers`` (None: no profile)."""
-    samples = _samples(path)
+def share(path: Path, markers: tuple[str, ...], *, within: tuple[str, ...] = ()) -> float | None:
+    """Fraction of samples whose stack has a frame containing any of ``markers``, among the samples
+    whose stack has one of ``within`` (all samples when empty); None without samples."""
+
+    def has(frames: list[str], wanted: tuple[str, ...]) -> bool:
+        return any(m in f for f in frames for m in wanted)
+
+    samples = [(frames, c) for frames, c in _samples(path) if not within or has(frames, within)]
     total = sum(c for _, c in samples)
     if not total:
         return None
-    hit = sum(c for frames, c in samples if any(m in f for f in frames for m in markers))
-    return hit / total
+    return sum(c for frames, c in samples if has(frames, markers)) / total

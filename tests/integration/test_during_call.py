@@ -102,7 +102,7 @@ def records_for(dc: DuringCall, proxy: Proxy, cid: str) -> list[dict[str, Any]]:
     """The records of call ``cid``, once a later call's record is in: a second record of ``cid`` would
     have been written by then (its logging ran before that call started)."""
     wait_until(lambda: any(r["id"] == cid for r in records(dc, proxy)), 20, what=f"record {cid}")
-    dc.akto.configure(delay_ms=0, status=None, hang=False)
+    dc.akto.configure(delay_ms=0, status=None, hang=False, fail_open=False)
     sentinel = proxy.chat("Hello again")
     assert sentinel.status_code == 200
     later = sentinel.headers["x-litellm-call-id"]
@@ -166,9 +166,15 @@ def test_block_verdict_before_the_llm_answered_returns_400_at_once(dc: DuringCal
     assert record["blocked_reason"] == "Prompt injection detected"
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
-def test_unreachable_akto_fail_closed_503_without_the_answer(dc: DuringCall, stream: bool) -> None:
-    dc.akto.configure(status=503)
+@pytest.mark.parametrize(
+    ("fault", "stream"),
+    [({"status": 503}, False), ({"status": 503}, True), ({"fail_open": True}, False)],
+    ids=["akto-503", "akto-503-streamed", "akto-fail-open"],
+)
+def test_unreachable_akto_fail_closed_503_without_the_answer(
+    dc: DuringCall, fault: dict[str, Any], stream: bool
+) -> None:
+    dc.akto.configure(**fault)
     response = dc.closed.chat("Hello, how are you?", stream=stream)
     assert response.status_code == 503, response.text
     assert "Akto guardrail unavailable" in response.text
@@ -185,12 +191,9 @@ def test_akto_timeout_fail_closed_503(dc: DuringCall) -> None:
     assert "MODEL-OUTPUT" not in response.text
 
 
-@pytest.mark.parametrize("fault", ["status", "timeout"])
-def test_unreachable_akto_fail_open_returns_the_answer(dc: DuringCall, fault: str) -> None:
-    if fault == "status":
-        dc.akto.configure(status=503)
-    else:
-        dc.akto.configure(hang=True)
+@pytest.mark.parametrize("fault", [{"status": 503}, {"hang": True}, {"fail_open": True}], ids=str)
+def test_unreachable_akto_fail_open_returns_the_answer(dc: DuringCall, fault: dict[str, Any]) -> None:
+    dc.akto.configure(**fault)
     # The open proxy waits the spec's 10 s for a hung Akto.
     response = dc.open.chat("Hello, how are you?", stream=True, timeout=30)
     dc.akto.configure(hang=False)
