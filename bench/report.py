@@ -22,8 +22,6 @@ class Row:
     rate: float | None = None
     rate_unit: str = ""
     ratio_p50: float | None = None
-    ratio_p99: float | None = None
-    ratio_rate: float | None = None
     cpu_ms: float | None = None
     cpu_unit: str = ""
     rss_mb: float | None = None
@@ -44,19 +42,12 @@ class Target:
 
 
 @dataclass
-class Profile:
-    title: str
-    text: str
-
-
-@dataclass
 class Section:
     key: str
     title: str
     rows: list[Row] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    profiles: list[Profile] = field(default_factory=list)
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -86,8 +77,6 @@ _COLUMNS: list[tuple[str, str]] = [
     ("p99", "p99 ms"),
     ("rate", "rate"),
     ("r50", "p50 x"),
-    ("r99", "p99 x"),
-    ("rr", "rate x"),
     ("cpu", "CPU ms"),
     ("rss", "RSS MB"),
 ]
@@ -102,8 +91,6 @@ def _cells(row: Row) -> dict[str, str]:
         "p99": fmt(row.p99_ms, 2),
         "rate": rate,
         "r50": ratio(row.ratio_p50),
-        "r99": ratio(row.ratio_p99),
-        "rr": ratio(row.ratio_rate),
         "cpu": cpu,
         "rss": fmt(row.rss_mb),
     }
@@ -202,8 +189,6 @@ def markdown(
         parts += [f"- {note}" for note in section.notes]
         if section.notes:
             parts.append("")
-        for prof in section.profiles:
-            parts += [f"### Profile: {prof.title}", "", "```", prof.text.rstrip(), "```", ""]
     parts += [
         "## How to reproduce",
         "",

@@ -48,7 +48,6 @@ class Drain:
     redis_cpu_s: float = 0.0
     peak_rss_mb: list[float] = field(default_factory=list)
     inflight: list[int] = field(default_factory=list)  # requests the fake Akto was holding, sampled
-    rss_samples_mb: list[float] = field(default_factory=list)  # the first worker's VmRSS, sampled
     machine_busy_s: float = 0.0  # CPU seconds the whole machine spent during the drain
     idle_rss_mb: float = 0.0  # the first worker's VmRSS once started, before the backlog appeared
     timed_out: bool = False
@@ -121,7 +120,6 @@ def drain(
             break
         time.sleep(0.1)
         rss = [procfs.rss_mb(p) for p in pids]
-        result.rss_samples_mb.append(rss[0])
         result.peak_rss_mb = [max(a, b) for a, b in zip(result.peak_rss_mb, rss, strict=True)]
         stats = akto.stats()
         result.inflight.append(int(stats["pending"]))
