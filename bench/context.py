@@ -41,6 +41,7 @@ from . import profile
 
 BLOCK_EXAMPLE = REPO / "deploy" / "litellm" / "config.block.yaml"
 MONITOR_EXAMPLE = REPO / "deploy" / "litellm" / "config.monitor.yaml"
+DURING_EXAMPLE = REPO / "deploy" / "litellm" / "config.during-call.yaml"
 MASTER_KEY_SETTINGS = {"master_key": "os.environ/LITELLM_MASTER_KEY"}
 
 # Proxy kinds, in the order the end-to-end tables list them.
@@ -113,7 +114,7 @@ def proxy_config(kind: str, llm_url: str) -> str:
     if kind == OURS_BLOCK:
         return litellm_config(BLOCK_EXAMPLE, models=models)
     if kind == OURS_DURING:
-        return litellm_config(BLOCK_EXAMPLE, models=models, extra={"mode": ["during_call", "post_call"]})
+        return litellm_config(DURING_EXAMPLE, models=models)
     if kind == OURS_MONITOR:
         return litellm_config(MONITOR_EXAMPLE, models=models)
     if kind == BUILTIN_POST:
