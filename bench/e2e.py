@@ -176,7 +176,7 @@ def run(bench: Bench) -> Section:
     mock_rounds, slow_rounds, per_round = (3, 2, 5) if bench.quick else (10, 5, 15)
     mock = _measure(bench, MOCK_CASES, mock_rounds, per_round, 0, warmup=20)
     slow = _measure(bench, SLOW_CASES, slow_rounds, per_round * 2 // 3, 1_000_000, warmup=3)
-    share = _our_cpu_share(bench, 6 if bench.quick else 12)
+    share = _our_cpu_share(bench, 6 if bench.quick else 20)
     bench.akto.configure(delay_ms=0)
     bench.akto.reset()
 
