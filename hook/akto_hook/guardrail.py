@@ -1,7 +1,8 @@
 """``AktoGuardrail``: the LiteLLM guardrail class users name as ``guardrail: akto_hook.AktoGuardrail``.
 
-It stays thin. Block mode makes one inline Akto check before the LLM call; everything else is one
-Redis write per record from LiteLLM's background logging path, after the client has its answer.
+It stays thin. Block mode makes one inline Akto check before the LLM call (``mode: during_call``:
+beside it); everything else is one Redis write per record from LiteLLM's background logging path,
+after the client has its answer.
 Delivery, retries and dead letters belong to the worker.
 """
 
