@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                 failed = True
                 traceback.print_exc()
                 section = report.Section(name, f"{name} (FAILED, see stderr)")
-            section.notes.append(load.describe())
             if time.monotonic() - t0 >= 5:  # a section of a moment (capacity: arithmetic) says nothing of load
+                section.notes.append(load.describe())
                 foreign[name] = load.foreign_cores()
             sections.append(section)
             print(
