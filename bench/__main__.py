@@ -15,16 +15,19 @@ from pathlib import Path
 
 from tests.stack import REPO
 
-from . import e2e, hook, memory, procfs, report, worker
+from . import capacity, e2e, hook, memory, procfs, report, worker
 from .context import Bench
 
 SECTIONS: dict[str, Callable[[Bench], report.Section]] = {
-    # The worker section runs before any proxy is started, on a quieter machine.
+    # Sections without proxies run first, on a quieter machine; capacity uses hook's and worker's figures.
     "hook": hook.run,
     "worker": worker.run,
     "e2e": e2e.run,
     "memory": memory.run,
+    "capacity": capacity.run,
 }
+# The report lists them in this order.
+ORDER = ("e2e", "hook", "worker", "memory", "capacity")
 
 
 class MachineLoad:
@@ -44,6 +47,12 @@ class MachineLoad:
     def _ours(self) -> float:
         redis = procfs.cpu_seconds(self._redis_pid) if self._redis_pid else 0.0
         return procfs.own_cpu_seconds(os.getpid()) + redis
+
+    def foreign_cores(self) -> float:
+        """Cores busy with work outside the bench's processes, on average over the section."""
+        wall = max(1e-9, time.monotonic() - self._t0)
+        busy = procfs.machine_cpu_seconds()[0] - self._busy0
+        return max(0.0, busy - (self._ours() - self._ours0)) / wall
 
     def describe(self) -> str:
         wall = max(1e-9, time.monotonic() - self._t0)
@@ -75,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench run {bench.run_id}: sections {', '.join(chosen)}; logs in {bench.log_dir}", file=sys.stderr)
     started = time.monotonic()
     sections: list[report.Section] = []
+    foreign: dict[str, float] = {}
     failed = False
     try:
         for name in chosen:
@@ -88,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                 failed = True
                 traceback.print_exc()
                 section = report.Section(name, f"{name} (FAILED, see stderr)")
-            section.notes.append(load.describe())
+            if time.monotonic() - t0 >= 5:  # a section of a moment (capacity: arithmetic) says nothing of load
+                section.notes.append(load.describe())
+                foreign[name] = load.foreign_cores()
             sections.append(section)
             print(
                 f"[{time.strftime('%H:%M:%S')}] {name} done in {time.monotonic() - t0:.0f} s; {load.describe()}",
@@ -98,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.close()
     elapsed = time.monotonic() - started
 
+    sections.sort(key=lambda s: ORDER.index(s.key) if s.key in ORDER else len(ORDER))
     print(report.console_table(sections))
     print()
     for note in bench.notes:
@@ -106,7 +119,16 @@ def main(argv: list[str] | None = None) -> int:
         for target in section.targets:
             print(f"{target.verdict:4}  {target.goal}: {target.measured} ({target.margin})")
     command = "python -m bench" + (" --quick" if args.quick else "") + "".join(f" --only {o}" for o in args.only or [])
-    report.write(args.out, report.markdown(sections, command=command, elapsed_s=elapsed, notes=bench.notes))
+    loaded = {name: cores for name, cores in foreign.items() if cores > 0.1}
+    under_load = (
+        "Taken under load: other work on this machine kept "
+        + ", ".join(f"{cores:.2f} cores busy during {name}" for name, cores in loaded.items())
+        + " on average. Ratios measured side by side hold up better than absolute times."
+        if loaded
+        else ""
+    )
+    text = report.markdown(sections, command=command, elapsed_s=elapsed, notes=bench.notes, load=under_load)
+    report.write(args.out, text)
     print(f"\nwrote {args.out}", file=sys.stderr)
     return 1 if failed else 0
 

@@ -10,34 +10,30 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import redis
 import yaml
 
 from tests.stack import (
-    AKTO_KEY,
-    BIN,
     MOCK_MODELS,
     REPO,
     AktoAdmin,
+    LlmAdmin,
     Proc,
     Proxy,
-    free_port,
-    http_ok,
+    RedisServer,
     litellm_config,
-    spawn,
+    new_redis,
     start_fake_akto,
+    start_fake_llm,
     start_proxy,
     start_worker,
     wait_proxy,
-    wait_until,
     worker_env,
 )
 
@@ -45,6 +41,7 @@ from . import profile
 
 BLOCK_EXAMPLE = REPO / "deploy" / "litellm" / "config.block.yaml"
 MONITOR_EXAMPLE = REPO / "deploy" / "litellm" / "config.monitor.yaml"
+DURING_EXAMPLE = REPO / "deploy" / "litellm" / "config.during-call.yaml"
 MASTER_KEY_SETTINGS = {"master_key": "os.environ/LITELLM_MASTER_KEY"}
 
 # Proxy kinds, in the order the end-to-end tables list them.
@@ -52,22 +49,37 @@ NONE = "none"
 NOOP = "noop-post"
 OURS_MONITOR = "ours-monitor"
 OURS_BLOCK = "ours-block"
+OURS_DURING = "ours-during"
 BUILTIN_POST = "builtin-post"
 BUILTIN_PREPOST = "builtin-pre+post"
-PROXY_KINDS = (NONE, NOOP, OURS_MONITOR, OURS_BLOCK, BUILTIN_POST, BUILTIN_PREPOST)
-OURS = frozenset({OURS_MONITOR, OURS_BLOCK})
+PROXY_KINDS = (NONE, NOOP, OURS_MONITOR, OURS_BLOCK, OURS_DURING, BUILTIN_POST, BUILTIN_PREPOST)
+OURS = frozenset({OURS_MONITOR, OURS_BLOCK, OURS_DURING})
 
 LABELS = {
     NONE: "no guardrail",
     NOOP: "no-op post_call guardrail (control)",
-    OURS_MONITOR: "ours, monitor (post_call)",
-    OURS_BLOCK: "ours, block (pre_call+post_call)",
+    OURS_MONITOR: "ours, monitor",
+    OURS_BLOCK: "ours, block, pre_call",
+    OURS_DURING: "ours, block, during_call",
     BUILTIN_POST: "built-in akto, post_call",
     BUILTIN_PREPOST: "built-in akto, pre_call+post_call",
 }
+# Every proxy serves both models: LiteLLM's in-process mock, and the fake model server (tests/fake_llm.py)
+# answering after SLOW_LLM_MS, as a real LLM on the request path does.
+MOCK_MODEL = "gpt-3.5-turbo"
+SLOW_MODEL = "slow-llm"
+SLOW_LLM_MS = 300
 
 
-def builtin_config(mode: list[str]) -> str:
+def model_list(llm_url: str) -> list[dict[str, Any]]:
+    slow = {
+        "model_name": SLOW_MODEL,
+        "litellm_params": {"model": "openai/fake-model", "api_base": f"{llm_url}/v1", "api_key": "not-used"},
+    }
+    return [*MOCK_MODELS, slow]
+
+
+def builtin_config(mode: list[str], models: list[dict[str, Any]]) -> str:
     """LiteLLM's own ``guardrail: akto``. ``default_on`` makes it check every request, as ours does by
     default; without it LiteLLM 1.108.7 runs a guardrail only on requests that name it."""
     params: dict[str, Any] = {
@@ -81,50 +93,35 @@ def builtin_config(mode: list[str]) -> str:
         "default_on": True,
     }
     config = {
-        "model_list": MOCK_MODELS,
+        "model_list": models,
         "guardrails": [{"guardrail_name": "akto-builtin", "litellm_params": params}],
         "general_settings": MASTER_KEY_SETTINGS,
     }
     return str(yaml.safe_dump(config, sort_keys=False))
 
 
-def proxy_config(kind: str) -> str:
+def proxy_config(kind: str, llm_url: str) -> str:
+    models = model_list(llm_url)
     if kind == NONE:
-        return str(yaml.safe_dump({"model_list": MOCK_MODELS, "general_settings": MASTER_KEY_SETTINGS}))
+        return str(yaml.safe_dump({"model_list": models, "general_settings": MASTER_KEY_SETTINGS}))
     if kind == NOOP:
         guardrail = {
             "guardrail_name": "noop",
             "litellm_params": {"guardrail": "bench.noop_guardrail.NoopGuardrail", "mode": "post_call"},
         }
-        config = {"model_list": MOCK_MODELS, "guardrails": [guardrail], "general_settings": MASTER_KEY_SETTINGS}
+        config = {"model_list": models, "guardrails": [guardrail], "general_settings": MASTER_KEY_SETTINGS}
         return str(yaml.safe_dump(config, sort_keys=False))
     if kind == OURS_BLOCK:
-        return litellm_config(BLOCK_EXAMPLE)
+        return litellm_config(BLOCK_EXAMPLE, models=models)
+    if kind == OURS_DURING:
+        return litellm_config(DURING_EXAMPLE, models=models)
     if kind == OURS_MONITOR:
-        return litellm_config(MONITOR_EXAMPLE)
+        return litellm_config(MONITOR_EXAMPLE, models=models)
     if kind == BUILTIN_POST:
-        return builtin_config(["post_call"])
+        return builtin_config(["post_call"], models)
     if kind == BUILTIN_PREPOST:
-        return builtin_config(["pre_call", "post_call"])
+        return builtin_config(["pre_call", "post_call"], models)
     raise ValueError(f"unknown proxy kind {kind}")
-
-
-def _accepts_nulls(admin: AktoAdmin) -> bool:
-    """Whether the fake Akto takes an envelope with a null value, as LiteLLM's built-in sends."""
-    probe = {"path": "/probe", "method": "POST", "requestPayload": "{}", "direction": None}
-    resp = httpx.post(f"{admin.url}/api/http-proxy", json=probe, headers={"Authorization": AKTO_KEY}, timeout=5)
-    admin.reset()
-    return resp.status_code == 200
-
-
-def _start_lenient_akto(log_dir: Path) -> tuple[Proc, AktoAdmin]:
-    """``tests.stack.start_fake_akto``, with ``bench/lenient_akto.py`` as the server."""
-    port = free_port()
-    args = [str(BIN / "python"), "-m", "bench.lenient_akto", "--port", str(port), "--api-key", AKTO_KEY]
-    proc = spawn(f"fake-akto-lenient-{port}", args, {}, log_dir)
-    admin = AktoAdmin(f"http://127.0.0.1:{port}")
-    wait_until(lambda: http_ok(f"{admin.url}/_admin/stats"), 30, what="the lenient fake Akto to listen")
-    return proc, admin
 
 
 def percentile(values: Iterable[float], q: float) -> float:
@@ -149,17 +146,29 @@ class Bench:
     """One run's processes, queues and settings; ``close()`` stops and deletes all of it."""
 
     quick: bool
-    redis_url: str = field(default_factory=lambda: os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    redis_url: str = ""
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="akto-bench-")))
     profiling: bool = True
     procs: list[Proc] = field(default_factory=list)
     proxies: dict[str, Proxy] = field(default_factory=dict)
-    _akto: tuple[Proc, AktoAdmin] | None = None
     notes: list[str] = field(default_factory=list)  # run-wide caveats for BENCHMARKS.md
-    _e2e_worker: Proc | None = None
+    # Figures one section measures and a later one uses (the capacity plan), by name.
+    figures: dict[str, float] = field(default_factory=dict)
+    _akto: tuple[Proc, AktoAdmin] | None = None
+    _llm: tuple[Proc, LlmAdmin] | None = None
+    _own_redis: RedisServer | None = None
 
     def __post_init__(self) -> None:
+        if not self.redis_url:
+            # A Redis of the run's own, so its CPU per record (the capacity figures) is this run's alone;
+            # with AOF every second, as a production queue runs.
+            if shutil.which("redis-server"):
+                self._own_redis = new_redis(self.log_dir, appendonly=True)
+                self.redis_url = self._own_redis.url
+            else:
+                self.redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+                self.notes.append(f"redis-server is not installed: the run shared the Redis at {self.redis_url}.")
         self.redis = redis.Redis.from_url(self.redis_url)
         self.redis.ping()
         self.e2e_queue = self.queue("e2e")
@@ -172,18 +181,8 @@ class Bench:
     def akto(self) -> AktoAdmin:
         """The one fake Akto every section shares (started on first use)."""
         if self._akto is None:
-            proc, admin = start_fake_akto(self.log_dir)
-            if not _accepts_nulls(admin):
-                # LiteLLM's built-in guardrail would get 422 on every call; see bench/lenient_akto.py.
-                proc.stop()
-                proc, admin = _start_lenient_akto(self.log_dir)
-                self.notes.append(
-                    "tests/fake_akto.py answers 422 to envelopes with null values, which LiteLLM's built-in Akto "
-                    "guardrail always sends (direction, process_id, socket_id, daemonset_id, enabled_graph); the "
-                    "run used bench/lenient_akto.py, the same fake with null values dropped before its checks."
-                )
-            self.procs.append(proc)
-            self._akto = (proc, admin)
+            self._akto = start_fake_akto(self.log_dir)
+            self.procs.append(self._akto[0])
         return self._akto[1]
 
     @property
@@ -192,46 +191,54 @@ class Bench:
         assert self._akto is not None
         return int(self._akto[0].popen.pid)
 
+    @property
+    def llm(self) -> LlmAdmin:
+        """The fake model server behind SLOW_MODEL (started on first use)."""
+        if self._llm is None:
+            self._llm = start_fake_llm(self.log_dir, SLOW_LLM_MS)
+            self.procs.append(self._llm[0])
+        return self._llm[1]
+
     def redis_pid(self) -> int | None:
         """The Redis server's pid when it runs on this machine (for its CPU time)."""
         info: dict[str, Any] = self.redis.info("server")  # type: ignore[assignment]  # sync client: a dict
         pid = int(info.get("process_id", 0))
         return pid if pid and Path(f"/proc/{pid}").exists() else None
 
+    def redis_cpu_seconds(self) -> float:
+        """The Redis server's CPU time so far (INFO cpu: microseconds, wherever Redis runs)."""
+        info: dict[str, Any] = self.redis.info("cpu")  # type: ignore[assignment]  # sync client: a dict
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
     def start_proxies(self, kinds: Iterable[str]) -> None:
-        """Start the missing proxies together, then wait for all: each takes 10-50 s to import."""
-        akto_url = self.akto.url
+        """Start the missing proxies together, then wait for all: each takes 10-50 s to import.
+
+        No worker runs beside them: in production it runs elsewhere, and here it would only take the
+        proxies' cores. Their records wait in Redis and are deleted at the end of the run.
+        """
         started = []
         for kind in kinds:
             if kind in self.proxies:
                 continue
             proxy = start_proxy(
                 f"proxy-{kind}",
-                proxy_config(kind),
+                proxy_config(kind, self.llm.url),
                 self.log_dir,
-                akto_url=akto_url,
+                akto_url=self.akto.url,
                 redis_url=self.redis_url,
                 queue=self.e2e_queue,
-                env={"PYTHONPATH": str(REPO)},  # for the control case's bench.noop_guardrail
+                env={"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))},
             )
             self.proxies[kind] = proxy
             self.procs.append(proxy.proc)
             started.append(proxy)
         for proxy in started:
             wait_proxy(proxy, timeout=300)
-        if any(k in OURS for k in self.proxies):
-            self.e2e_worker()
 
     def breaker_openings(self, kind: str) -> int:
         """Times the hook in this proxy found Redis too slow or gone and began spooling (from its log)."""
         proxy = self.proxies.get(kind)
         return proxy.proc.log().count("Redis unavailable") if proxy else 0
-
-    def e2e_worker(self) -> Proc:
-        """One worker with default settings for the proxies' queue, so Redis does not just fill."""
-        if self._e2e_worker is None:
-            self._e2e_worker = self.worker("worker-e2e", self.e2e_queue)
-        return self._e2e_worker
 
     def worker(self, name: str, queue: str, **env: str) -> Proc:
         proc = start_worker(name, worker_env(self.akto.url, self.redis_url, queue, **env), self.log_dir)
@@ -242,28 +249,6 @@ class Bench:
         proc.stop(timeout=60)
         if proc in self.procs:
             self.procs.remove(proc)
-
-    def backlog(self, queue: str) -> int:
-        """Records not yet delivered: in the inbox, or in jobs waiting or running."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.llen(f"{queue}:inbox")
-        pipe.zcard(queue)
-        inbox, jobs = pipe.execute()
-        return int(inbox) + int(jobs)
-
-    def wait_drained(self, queue: str, timeout: float = 120) -> None:
-        """Until Redis holds nothing for ``queue`` and the fake Akto's count stops moving: LiteLLM hands a
-        record to the hook from its own in-process logging queue, a little after the response."""
-        last: list[int] = [-1]
-
-        def settled() -> bool:
-            stats = self.akto.stats()
-            count = int(stats["requests_total"])
-            done = self.backlog(queue) == 0 and stats["pending"] == 0 and count == last[0]
-            last[0] = count
-            return done
-
-        wait_until(settled, timeout, interval=0.1, what=f"queue {queue} to drain")
 
     def delete_keys(self, queue: str) -> None:
         keys = list(self.redis.scan_iter(match=f"{queue}*", count=1000))
@@ -276,13 +261,9 @@ class Bench:
         self.procs.clear()
         self.delete_keys(f"bench:{self.run_id}:")
         self.redis.close()
+        if self._own_redis is not None:
+            self._own_redis.stop()
         # The hook's spool folders, named after the queues (the proxies' and the in-process hook's).
         spool_root = Path(os.environ.get("TMPDIR", "/tmp")) / "akto-ingest-spool"
         for folder in spool_root.glob(f"bench_{self.run_id}_*"):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def sleep_until(deadline: float) -> None:
-    remaining = deadline - time.monotonic()
-    if remaining > 0:
-        time.sleep(remaining)

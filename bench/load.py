@@ -36,12 +36,27 @@ class LoadResult:
         return sum(v for k, v in self.statuses.items() if k != 200)
 
 
-def _body(i: int) -> dict[str, object]:
+def _body(i: int, model: str, stream: bool) -> dict[str, object]:
     # A distinct prompt per request, so nothing on the way can answer from a cache.
-    return {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": f"Hello, how are you? (bench {i})"}]}
+    body: dict[str, object] = {"model": model, "messages": [{"role": "user", "content": f"Hello, how are you? ({i})"}]}
+    if stream:
+        body["stream"] = True
+    return body
 
 
-async def drive(url: str, n: int, *, concurrency: int, max_seconds: float, first_id: int = 0) -> LoadResult:
+async def drive(
+    url: str,
+    n: int,
+    *,
+    concurrency: int,
+    max_seconds: float,
+    first_id: int = 0,
+    model: str = "gpt-3.5-turbo",
+    stream: bool = False,
+    pause_s: float = 0.0,
+) -> LoadResult:
+    """Latency is until the last byte (a streamed answer: its last chunk). ``pause_s``: each client
+    waits this long before each request (the proxy idles meanwhile, as it does during a check)."""
     host = urlparse(url).hostname
     if host not in LOOPBACK:
         raise ValueError(f"refusing to load {host}: the bench only targets this machine")
@@ -57,9 +72,11 @@ async def drive(url: str, n: int, *, concurrency: int, max_seconds: float, first
             if time.monotonic() > deadline:
                 result.timed_out = True
                 return
+            if pause_s:
+                await asyncio.sleep(pause_s)
             started = time.perf_counter()
             try:
-                async with session.post(endpoint, json=_body(next(ids)), headers=headers) as resp:
+                async with session.post(endpoint, json=_body(next(ids), model, stream), headers=headers) as resp:
                     await resp.read()
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError):

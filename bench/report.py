@@ -22,8 +22,6 @@ class Row:
     rate: float | None = None
     rate_unit: str = ""
     ratio_p50: float | None = None
-    ratio_p99: float | None = None
-    ratio_rate: float | None = None
     cpu_ms: float | None = None
     cpu_unit: str = ""
     rss_mb: float | None = None
@@ -44,19 +42,12 @@ class Target:
 
 
 @dataclass
-class Profile:
-    title: str
-    text: str
-
-
-@dataclass
 class Section:
     key: str
     title: str
     rows: list[Row] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    profiles: list[Profile] = field(default_factory=list)
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -86,8 +77,6 @@ _COLUMNS: list[tuple[str, str]] = [
     ("p99", "p99 ms"),
     ("rate", "rate"),
     ("r50", "p50 x"),
-    ("r99", "p99 x"),
-    ("rr", "rate x"),
     ("cpu", "CPU ms"),
     ("rss", "RSS MB"),
 ]
@@ -102,8 +91,6 @@ def _cells(row: Row) -> dict[str, str]:
         "p99": fmt(row.p99_ms, 2),
         "rate": rate,
         "r50": ratio(row.ratio_p50),
-        "r99": ratio(row.ratio_p99),
-        "rr": ratio(row.ratio_rate),
         "cpu": cpu,
         "rss": fmt(row.rss_mb),
     }
@@ -170,49 +157,49 @@ def _git_commit() -> str:
     return commit + (f" plus uncommitted changes to {', '.join(changed)}" if changed else "")
 
 
-def markdown(sections: list[Section], *, command: str, elapsed_s: float, notes: Iterable[str] = ()) -> str:
+def markdown(
+    sections: list[Section], *, command: str, elapsed_s: float, notes: Iterable[str] = (), load: str = ""
+) -> str:
     machine = procfs.machine()
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "# Benchmarks",
         "",
-        f"Measured {now} at commit {_git_commit()} with `{command}` ({elapsed_s / 60:.1f} min). "
-        "Everything ran on one machine at once: LiteLLM proxies, the arq worker(s), the fake Akto, Redis and the "
-        "load generator share its cores, so each number includes that contention.",
-        "",
-        "## Machine",
-        "",
-        *(f"- {k}: {v}" for k, v in machine.items()),
-        "",
-        *(f"Note: {note}\n" for note in notes),
-        "## Targets",
-        "",
         targets_table(sections),
         "",
+        f"Measured {now} at commit {_git_commit()} with `{command}` ({elapsed_s / 60:.1f} min) on "
+        f"{machine['cpu']}. Everything ran on that one machine at once: LiteLLM proxies, the fake model "
+        "server, the fake Akto, Redis, arq workers and the load generator share its cores.",
+        "",
     ]
+    if load:
+        parts += [f"**{load}**", ""]
     misses = [t for s in sections for t in s.targets if t.passed is False and t.bound]
     if misses:
-        parts += ["### What bounds each miss", ""]
+        parts += ["## What bounds each miss", ""]
         parts += [f"- **{t.goal}**: {t.bound}" for t in misses]
         parts.append("")
+    parts += ["## Machine", "", *(f"- {k}: {v}" for k, v in machine.items()), ""]
+    parts += [f"Note: {note}\n" for note in notes]
     for section in sections:
         header, body = _section_table(section)
-        parts += [f"## {section.title}", "", _md_table(header, body), ""]
+        parts += [f"## {section.title}", ""]
+        if section.rows:
+            parts += [_md_table(header, body), ""]
         parts += [f"- {note}" for note in section.notes]
         if section.notes:
             parts.append("")
-        for prof in section.profiles:
-            parts += [f"### Profile: {prof.title}", "", "```", prof.text.rstrip(), "```", ""]
     parts += [
         "## How to reproduce",
         "",
         "```bash",
-        "make bench                      # full run (about 20 minutes on 2 cores); writes this file",
+        "make bench                      # full run (about 10 minutes on 2 cores); writes this file",
         ".venv/bin/python scripts/with_redis.py .venv/bin/python -m bench --quick    # smoke run, small counts",
-        ".venv/bin/python scripts/with_redis.py .venv/bin/python -m bench --only worker   # one section",
+        ".venv/bin/python scripts/with_redis.py .venv/bin/python -m bench --only e2e   # one section",
         "```",
         "",
-        "Profiles are taken with py-spy (`pip install py-spy`) when it is installed; the run skips them otherwise.",
+        "py-spy (a dev dependency) measures our share of the monitor proxy's CPU; without it that target is "
+        "judged on the CPU difference to the no-op control.",
         "",
     ]
     return "\n".join(parts)

@@ -139,6 +139,45 @@ class AktoAdmin:
         return [r for r in self.records_for(call_id) if r.get("ingested")]
 
 
+class LlmAdmin:
+    """Drives a fake model server process (``tests/fake_llm.py``) over its /_admin endpoints."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def configure(self, **settings: Any) -> None:
+        httpx.post(f"{self.url}/_admin/config", json=settings, timeout=5).raise_for_status()
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/_admin/reset", timeout=5).raise_for_status()
+
+    def requests(self) -> list[dict[str, Any]]:
+        data = httpx.get(f"{self.url}/_admin/requests", timeout=10).json()
+        return list(data["requests"])
+
+
+def fake_llm_models(url: str) -> list[dict[str, Any]]:
+    """A model list whose ``gpt-3.5-turbo`` is the fake model server at ``url`` (MOCK_MODELS otherwise)."""
+    fake = {
+        "model_name": "gpt-3.5-turbo",
+        "litellm_params": {"model": "openai/fake-model", "api_base": f"{url}/v1", "api_key": "not-used"},
+    }
+    return [fake, *MOCK_MODELS[1:]]
+
+
+def start_fake_llm(log_dir: Path, delay_ms: int = 0) -> tuple[Proc, LlmAdmin]:
+    port = free_port()
+    args = [str(BIN / "python"), str(REPO / "tests" / "fake_llm.py"), "--port", str(port), "--delay-ms", str(delay_ms)]
+    proc = spawn(f"fake-llm-{port}", args, {}, log_dir)
+    admin = LlmAdmin(f"http://127.0.0.1:{port}")
+    try:
+        wait_until(lambda: http_ok(f"{admin.url}/_admin/requests"), 30, what="the fake model server to listen")
+    except TimeoutError:
+        proc.stop(signal.SIGKILL)
+        raise
+    return proc, admin
+
+
 def start_fake_akto(log_dir: Path, port: int | None = None, api_key: str = AKTO_KEY) -> tuple[Proc, AktoAdmin]:
     port = port or free_port()
     proc = spawn(
@@ -223,10 +262,12 @@ def litellm_config(
     drop: tuple[str, ...] = (),
     extra: Mapping[str, Any] | None = None,
     litellm_settings: Mapping[str, Any] | None = None,
+    models: list[dict[str, Any]] | None = None,
 ) -> str:
-    """An example config with the mock models added; ``drop``/``extra`` edit the guardrail's params."""
+    """An example config with the mock models (or ``models``) added; ``drop``/``extra`` edit the
+    guardrail's params."""
     config = yaml.safe_load(example.read_text())
-    config["model_list"] = MOCK_MODELS
+    config["model_list"] = models or MOCK_MODELS
     if litellm_settings:
         config["litellm_settings"] = dict(litellm_settings)
     if drop or extra:

@@ -1,12 +1,14 @@
 """``AktoGuardrail``: the LiteLLM guardrail class users name as ``guardrail: akto_hook.AktoGuardrail``.
 
-It stays thin. Block mode makes one inline Akto check before the LLM call; everything else is one
-Redis write per record from LiteLLM's background logging path, after the client has its answer.
+It stays thin. Block mode makes one inline Akto check before the LLM call (``mode: during_call``:
+beside it); everything else is one Redis write per record from LiteLLM's background logging path,
+after the client has its answer.
 Delivery, retries and dead letters belong to the worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -92,6 +94,10 @@ class AktoGuardrail(CustomGuardrail):
             self.settings.spool_max_bytes,
         )
         self._blocked: OrderedDict[str, None] = OrderedDict()
+        # during_call: checks in flight (the LLM may finish first), and calls whose LLM output was
+        # discarded by a block or a fail-closed fallback.
+        self._checking: dict[str, asyncio.Future[bool]] = {}
+        self._discarded: OrderedDict[str, None] = OrderedDict()
         log.info(
             "akto guardrail %s loaded: on_flagged=%s fallback=%s akto=%s queue=%s",
             self.guardrail_name,
@@ -107,19 +113,62 @@ class AktoGuardrail(CustomGuardrail):
 
     def _warn_about_modes(self) -> None:
         hooks = self._hooks()
-        if self.settings.on_flagged == "block" and "pre_call" not in hooks:
-            log.warning("akto guardrail %s: on_flagged=block without mode pre_call never blocks", self.guardrail_name)
-        if self.settings.on_flagged == "monitor" and "pre_call" in hooks:
-            log.warning("akto guardrail %s: on_flagged=monitor ignores pre_call; it never blocks", self.guardrail_name)
+        checks = hooks & {"pre_call", "during_call"}
+        if self.settings.on_flagged == "block" and not checks:
+            log.warning(
+                "akto guardrail %s: on_flagged=block without mode pre_call or during_call never blocks",
+                self.guardrail_name,
+            )
+        if self.settings.on_flagged == "block" and len(checks) > 1:
+            log.warning(
+                "akto guardrail %s: both pre_call and during_call: each request is checked twice", self.guardrail_name
+            )
+        if self.settings.on_flagged == "monitor" and checks:
+            log.warning(
+                "akto guardrail %s: on_flagged=monitor ignores %s; it never blocks",
+                self.guardrail_name,
+                " and ".join(sorted(checks)),
+            )
 
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
     ) -> dict[str, Any]:
-        """Block mode: one inline Akto check; 400 with Akto's reason on a block verdict."""
+        """Block mode, ``mode: pre_call``: one inline Akto check before the LLM call; 400 with Akto's
+        reason on a block verdict."""
         if self.settings.on_flagged != "block":
             return data
         if not self.should_run_guardrail(data=data, event_type=GuardrailEventHooks.pre_call):
             return data
+        return await self._checked(data)
+
+    async def async_moderation_hook(self, data: dict[str, Any], user_api_key_dict: Any, call_type: Any) -> Any:
+        """Block mode, ``mode: during_call``: the same check, run by LiteLLM concurrently with the LLM
+        call. LiteLLM awaits both before it sends the client anything (the response, or a stream's
+        first chunk), so a block verdict (400) or a fail-closed fallback (503) discards the LLM's
+        output; the LLM's own success record is then dropped so the call keeps one record."""
+        if self.settings.on_flagged != "block":
+            return data
+        if not self.should_run_guardrail(data=data, event_type=GuardrailEventHooks.during_call):
+            return data
+        call_id = str(data.get("litellm_call_id"))
+        settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._checking[call_id] = settled
+        passed = False
+        try:
+            await self._checked(data, during_call=True)
+            passed = True
+        finally:
+            self._checking.pop(call_id, None)
+            if not passed:
+                self._discarded[call_id] = None
+                if len(self._discarded) > BLOCKED_MEMORY:
+                    self._discarded.popitem(last=False)
+            settled.set_result(passed)
+        return data
+
+    async def _checked(self, data: dict[str, Any], *, during_call: bool = False) -> dict[str, Any]:
+        """The inline check of ``data``'s request: returns ``data`` when it may pass, raises the 400 or
+        503 the client gets otherwise."""
         try:
             record = capture.from_request(data, "block")
         except Exception as exc:
@@ -136,7 +185,11 @@ class AktoGuardrail(CustomGuardrail):
             metrics.BLOCKED.inc()
             self._remember_blocked(record.id)
             log.info("akto blocked call_id=%s reason=%r", record.id, decision.reason)
-            await self._enqueuer.put(record.model_copy(update={"status_code": 400, "blocked_reason": decision.reason}))
+            update: dict[str, Any] = {"status_code": 400, "blocked_reason": decision.reason}
+            if during_call:
+                # The prompt did reach the LLM; its answer was thrown away.
+                update["metadata"] = {**record.metadata, "llm_output": "discarded"}
+            await self._enqueuer.put(record.model_copy(update=update))
             raise HTTPException(status_code=400, detail=decision.reason)
         if decision.failure is not None:
             if decision.failure.from_akto:
@@ -185,6 +238,14 @@ class AktoGuardrail(CustomGuardrail):
 
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """Runs after the client has its response: one Redis write, nothing else."""
+        call_id = kwargs.get("litellm_call_id")
+        pending = self._checking.get(call_id)
+        if pending is not None:
+            # during_call: the LLM answered before Akto; the verdict decides whether this is a record.
+            await asyncio.shield(pending)
+        if call_id in self._discarded:
+            self._discarded.pop(call_id, None)
+            return
         if self._wants(kwargs):
             await self._record(lambda: capture.from_success(kwargs, response_obj, self.settings.on_flagged), kwargs)
 

@@ -1,0 +1,152 @@
+"""A fake OpenAI-compatible model server: the LLM on a request path, with a configurable delay.
+
+LiteLLM's ``mock_response`` answers inside the proxy at once, which hides everything that runs
+concurrently with a real LLM call (``mode: during_call``). This server answers
+``POST /v1/chat/completions`` after ``delay_ms``, streamed (server-sent events) or not, and keeps
+what it received so a test can see what reached the "provider". Point a LiteLLM model at it::
+
+    {"model": "openai/fake", "api_base": "http://127.0.0.1:PORT/v1", "api_key": "unused"}
+
+Run it as a process (``python tests/fake_llm.py --port 8788 --delay-ms 300``) and drive it over
+``/_admin/config`` (``delay_ms``, ``reply``, ``echo``), ``/_admin/requests`` and ``/_admin/reset``.
+With ``echo`` on, the reply is the last user message, so a test can trace text through the proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+DEFAULT_REPLY = "Hello from the fake model"
+# Received bodies kept for /_admin/requests; bounded so a benchmark's load cannot grow it without end.
+KEEP_REQUESTS = 1000
+
+
+@dataclass
+class Settings:
+    delay_ms: int = 0
+    reply: str = DEFAULT_REPLY
+    echo: bool = False
+    chunks: int = 4  # content pieces in a streamed answer, after the role chunk
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    served: int = 0
+
+
+def _configure(settings: Settings, updates: dict[str, Any]) -> None:
+    for name, value in updates.items():
+        if name in ("delay_ms", "chunks") and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            setattr(settings, name, value)
+        elif name == "reply" and isinstance(value, str):
+            settings.reply = value
+        elif name == "echo" and isinstance(value, bool):
+            settings.echo = value
+        else:
+            raise ValueError(f"bad setting {name}={value!r}")
+
+
+def _reply_text(settings: Settings, body: dict[str, Any]) -> str:
+    if not settings.echo:
+        return settings.reply
+    users = [m for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"]
+    content = users[-1].get("content") if users else ""
+    return content if isinstance(content, str) else json.dumps(content)
+
+
+def _completion(model: str, text: str) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+    }
+
+
+def _chunk(cid: str, model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    body = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def _pieces(text: str, n: int) -> list[str]:
+    if n <= 1 or len(text) <= 1:
+        return [text]
+    size = -(-len(text) // n)
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def app(settings: Settings) -> web.Application:
+    async def completions(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        settings.requests.append(body)
+        del settings.requests[:-KEEP_REQUESTS]
+        if settings.delay_ms:
+            await asyncio.sleep(settings.delay_ms / 1000)
+        settings.served += 1
+        model = str(body.get("model") or "fake")
+        text = _reply_text(settings, body)
+        if not body.get("stream"):
+            return web.json_response(_completion(model, text))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        cid = f"chatcmpl-{uuid.uuid4().hex}"
+        await resp.write(_chunk(cid, model, {"role": "assistant", "content": ""}))
+        for piece in _pieces(text, settings.chunks):
+            await resp.write(_chunk(cid, model, {"content": piece}))
+        await resp.write(_chunk(cid, model, {}, "stop"))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def admin_config(request: web.Request) -> web.Response:
+        try:
+            _configure(settings, await request.json())
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"delay_ms": settings.delay_ms, "reply": settings.reply, "echo": settings.echo})
+
+    async def admin_requests(request: web.Request) -> web.Response:
+        return web.json_response({"served": settings.served, "requests": settings.requests})
+
+    async def admin_reset(request: web.Request) -> web.Response:
+        settings.requests.clear()
+        settings.served = 0
+        return web.json_response({"ok": True})
+
+    application = web.Application()
+    for path in ("/v1/chat/completions", "/chat/completions"):
+        application.router.add_post(path, completions)
+    application.router.add_post("/_admin/config", admin_config)
+    application.router.add_get("/_admin/requests", admin_requests)
+    application.router.add_post("/_admin/reset", admin_reset)
+    return application
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--delay-ms", type=int, default=0)
+    parser.add_argument("--reply", default=DEFAULT_REPLY)
+    args = parser.parse_args(argv)
+    settings = Settings(delay_ms=args.delay_ms, reply=args.reply)
+    web.run_app(app(settings), host=args.host, port=args.port, access_log=None, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
