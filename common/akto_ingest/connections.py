@@ -176,4 +176,6 @@ def arq_redis_settings(url: str) -> RedisSettings:
         )
     settings.conn_retries = 30
     settings.conn_retry_delay = 1
+    for name, value in outage_retry(url).items():
+        setattr(settings, name, value)
     return settings

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from akto_ingest.connections import redis_client
-
 from akto_ingest.queue import push
 from akto_ingest.record import Record
 

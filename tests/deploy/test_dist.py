@@ -22,7 +22,7 @@ def test_wheel_from_the_checkout_installs_and_imports(tmp_path: Path) -> None:
     pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
     code = (
-        "import akto_hook, akto_ingest, akto_worker, akto_hook.callback, akto_worker.settings;"
+        "import akto_hook, akto_ingest, akto_worker, akto_hook.callback, akto_worker.lifecycle;"
         "print(akto_hook.__file__); print(akto_hook.AktoLogger.__name__, akto_hook.AktoGuardrail.__name__)"
     )
     result = subprocess.run(

@@ -23,13 +23,13 @@ from redis.exceptions import RedisError
 from akto_ingest import dlq
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings, WorkerConfig
+from akto_ingest.connections import arq_redis_settings as redis_settings
 from akto_ingest.queue import decode_job, encode_job, enqueue_batch
 from akto_ingest.record import Record
 from akto_ingest.wire import Limits, encode, envelope, with_publish_flag
 from akto_worker import deadline, delivery, jobs
 from akto_worker.deadline import job_limits
 from akto_worker.delivery import Deliverer
-from akto_worker.settings import redis_settings
 from akto_worker.state import WorkerState
 from tests.fake_akto import FakeAkto
 from tests.stack import RedisServer, new_redis

@@ -14,8 +14,8 @@ from arq.worker import Worker, func
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from akto_ingest.connections import arq_redis_settings as redis_settings
 from akto_worker.claims import survive_connection_drops
-from akto_worker.settings import redis_settings
 from tests.stack import new_redis
 
 from .conftest import RESULTS
