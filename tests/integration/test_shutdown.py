@@ -22,6 +22,7 @@ from akto_ingest.queue import inbox_key
 from akto_ingest.record import Record
 from tests.stack import (
     AKTO_KEY,
+    BIN,
     MASTER_KEY,
     MONITOR_EXAMPLE,
     Proxy,
@@ -61,6 +62,8 @@ def start_like_the_image(name: str, log_dir: Path, redis_url: str, queue: str, s
         "REDIS_URL": redis_url,
         "AKTO_QUEUE_NAME": queue,
         "AKTO_SPOOL_DIR": str(spool),
+        # The image's PATH has litellm on it; here it is the venv's, which `make test` does not activate.
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     proc = spawn(name, image_command(config, port), env, log_dir, cwd=log_dir)
     return Proxy(proc, port, queue, redis_url)
