@@ -35,7 +35,7 @@ from akto_ingest.config import AktoSettings, HookSettings, QueueSettings
 from akto_ingest.errors import ConfigError
 from akto_ingest.record import Record
 
-from . import capture, metrics
+from . import capture
 from .enqueue import Enqueuer
 from .guardrail import AktoGuardrail
 from .spool import default_dir
@@ -262,16 +262,8 @@ class AktoLogger(CustomLogger):
     def _record(self, build: Callable[[], Record], kwargs: Mapping[str, Any]) -> None:
         if _guardrail_records(kwargs):
             return
-        # LiteLLM swallows exceptions from logging callbacks; a capture bug must at least be loud.
-        try:
-            record = build()
-        except Exception:
-            metrics.CAPTURE_FAILURES.inc()
-            log.exception(
-                "akto record could not be built call_id=%s",
-                kwargs.get("litellm_call_id"),
-                extra={"call_id": kwargs.get("litellm_call_id")},
-            )
+        record = capture.built_or_logged(build, kwargs)
+        if record is None:
             return
         self._writer_here().submit(record)
 

@@ -7,13 +7,18 @@ whose ``litellm_params.proxy_server_request`` holds the client's request and who
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
 from akto_ingest.config import OnFlagged
 from akto_ingest.record import Record
+
+from . import metrics
+
+log = logging.getLogger("akto_hook")
 
 # What Akto needs to see of the request body; LiteLLM's own additions (metadata with copies of the
 # headers, for one) stay out.
@@ -116,3 +121,17 @@ def _status(value: Any) -> int | None:
     except (TypeError, ValueError):
         return None
     return status if 100 <= status <= 599 else None
+
+
+def built_or_logged(build: Callable[[], Record], kwargs: Mapping[str, Any]) -> Record | None:
+    """Build a logging callback's record; None (logged and counted) when capture itself fails.
+
+    LiteLLM swallows exceptions from logging callbacks, so a capture bug must at least be loud.
+    """
+    try:
+        return build()
+    except Exception:
+        metrics.CAPTURE_FAILURES.inc()
+        call_id = kwargs.get("litellm_call_id")
+        log.exception("akto record could not be built call_id=%s", call_id, extra={"call_id": call_id})
+        return None

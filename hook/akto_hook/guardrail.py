@@ -260,16 +260,8 @@ class AktoGuardrail(CustomGuardrail):
             await self._record(lambda: capture.from_failure(kwargs, self.settings.on_flagged), kwargs)
 
     async def _record(self, build: Callable[[], Record], kwargs: Mapping[str, Any]) -> None:
-        # LiteLLM swallows exceptions from logging callbacks; a capture bug must at least be loud.
-        try:
-            record = build()
-        except Exception:
-            metrics.CAPTURE_FAILURES.inc()
-            log.exception(
-                "akto record could not be built call_id=%s",
-                kwargs.get("litellm_call_id"),
-                extra={"call_id": kwargs.get("litellm_call_id")},
-            )
+        record = capture.built_or_logged(build, kwargs)
+        if record is None:
             return
         await self._enqueuer.put(record)
 
