@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import sys
 import time
@@ -91,6 +92,11 @@ class Settings:
     behaviour: str = "block"
     triggers: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TRIGGERS))
     key_case: KeyCase = "upper"
+    # Attached to flagged verdicts as Akto's ``Metadata`` (policy_name, rule_violated, severity).
+    metadata: dict[str, str] = field(default_factory=dict)
+    # phrase -> replacement: an unflagged payload containing a phrase (case-insensitive) is answered
+    # Allowed with ``Modified: true`` and the payload rewritten, as Akto's masking policies do.
+    masks: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -103,6 +109,8 @@ class Settings:
             "behaviour": self.behaviour,
             "triggers": dict(self.triggers),
             "key_case": self.key_case,
+            "metadata": dict(self.metadata),
+            "masks": dict(self.masks),
         }
 
 
@@ -134,6 +142,12 @@ def _validated(updates: Mapping[str, object]) -> dict[str, object]:
                 isinstance(k, str) and k and isinstance(v, str) for k, v in value.items()
             ):
                 raise ValueError("triggers must map non-empty phrases to reasons")
+            out[name] = {str(k): str(v) for k, v in value.items()}
+        elif name in ("metadata", "masks"):
+            if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and k and isinstance(v, str) for k, v in value.items()
+            ):
+                raise ValueError(f"{name} must map non-empty strings to strings")
             out[name] = {str(k): str(v) for k, v in value.items()}
         elif name == "key_case":
             if value not in ("upper", "lower"):
@@ -289,6 +303,10 @@ class FakeAkto:
       (case-insensitive) is flagged with that reason.
     - ``key_case``: ``"upper"`` (``Allowed``/``Reason``/``behaviour``) or
       ``"lower"`` (``allowed``/``reason``/``Behaviour``).
+    - ``metadata``: Akto's ``Metadata`` on flagged verdicts (``policy_name``, ``rule_violated``,
+      ``severity``); empty sends none.
+    - ``masks``: phrase -> replacement; an unflagged checked payload containing a phrase is answered
+      allowed with ``Modified: true`` and ``ModifiedPayload`` the payload string rewritten.
 
     A record is stored when its answer is ready to go out: after ``delay_ms`` and any ``hang``, and
     only if the client is still connected then. So a record whose sender gave up or died while Akto
@@ -591,8 +609,9 @@ class FakeAkto:
             note += ", failOpen"
         elif checks:
             reason = self._flag_reason(envelope, checks)
-            data["guardrailsResult"] = self._verdict(reason)
-            note += f", flagged: {reason}" if reason else ", allowed"
+            masked = "" if reason else self._masked(envelope, checks)
+            data["guardrailsResult"] = self._verdict(reason, masked)
+            note += f", flagged: {reason}" if reason else ", masked" if masked else ", allowed"
         body = {"success": True, "message": SUCCESS_MESSAGE, "data": data}
         return _Answer(200, _json_bytes(body), note=note, to_store=([envelope], ingest))
 
@@ -626,24 +645,42 @@ class FakeAkto:
                     return reason
         return ""
 
-    def _verdict(self, reason: str) -> dict[str, object]:
+    def _masked(self, envelope: Mapping[str, Any], fields: list[str]) -> str:
+        """The first checked field with every mask phrase replaced, or "" when none occurs."""
+        for name in fields:
+            text = envelope.get(name)
+            if not isinstance(text, str) or not text:
+                continue
+            masked = text
+            for phrase, replacement in self.behaviour.masks.items():
+                masked = re.sub(re.escape(phrase), replacement, masked, flags=re.IGNORECASE)
+            if masked != text:
+                return masked
+        return ""
+
+    def _verdict(self, reason: str, masked: str = "") -> dict[str, object]:
         allowed = not reason
         behaviour = "" if allowed else self.behaviour.behaviour
+        verdict: dict[str, object]
         if self.behaviour.key_case == "lower":
-            return {
+            verdict = {
                 "allowed": allowed,
-                "modified": False,
-                "modifiedPayload": "",
+                "modified": bool(masked),
+                "modifiedPayload": masked,
                 "reason": reason,
                 "Behaviour": behaviour,
             }
-        return {
-            "Allowed": allowed,
-            "Modified": False,
-            "ModifiedPayload": "",
-            "Reason": reason,
-            "behaviour": behaviour,
-        }
+        else:
+            verdict = {
+                "Allowed": allowed,
+                "Modified": bool(masked),
+                "ModifiedPayload": masked,
+                "Reason": reason,
+                "behaviour": behaviour,
+            }
+        if reason and self.behaviour.metadata:
+            verdict["Metadata" if self.behaviour.key_case == "upper" else "metadata"] = dict(self.behaviour.metadata)
+        return verdict
 
     def _log(self, request: web.Request, answer: _Answer | None, started: float, note: str) -> None:
         if not self.log_requests:

@@ -38,6 +38,8 @@ ENV_NAMES: dict[str, str] = {
     "enqueue_timeout": "AKTO_ENQUEUE_TIMEOUT",
     "spool_dir": "AKTO_SPOOL_DIR",
     "spool_max_bytes": "AKTO_SPOOL_MAX_BYTES",
+    "check_response": "AKTO_CHECK_RESPONSE",
+    "file_guardrails": "AKTO_FILE_GUARDRAILS",
     "concurrency": "AKTO_WORKER_CONCURRENCY",
     "batch_size": "AKTO_BATCH_SIZE",
     "delivery_mode": "AKTO_DELIVERY_MODE",
@@ -169,6 +171,11 @@ class HookSettings(_Settings):
     akto_scope: Scope = "all"
     spool_dir: str | None = None
     spool_max_bytes: int = Field(default=1024**3, ge=1024 * 1024)
+    # Block mode only, opt-in: also check the LLM's response inline before the client gets it.
+    check_response: bool = False
+    # Opt-in: send attachments to Akto's file check (newer Akto builds, file_guardrails=true).
+    file_guardrails: bool = False
+    file_guardrail_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False)
 
 
 class WorkerConfig(_Settings):

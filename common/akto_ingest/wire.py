@@ -154,6 +154,13 @@ class Verdict:
     # verdict was made, and ``error`` says why.
     fail_open: bool = False
     error: str = ""
+    # Akto's ``Metadata``: which policy and rule decided, and how severe (empty when not given).
+    policy: str = ""
+    rule: str = ""
+    severity: str = ""
+    # Masking: ``Modified: true`` with the whole rewritten ``requestPayload`` (or, for a response
+    # check, ``responsePayload``) string; None when Akto changed nothing.
+    modified_payload: str | None = None
 
     @property
     def blocks(self) -> bool:
@@ -192,6 +199,18 @@ def parse_verdict(body: Any) -> Verdict:
     behaviour = _pick(result, "behaviour", "Behaviour", "behavior") or ""
     fail_open = _pick(result, "failOpen", "FailOpen", "fail_open") is True
     error = str(_pick(result, "error", "Error") or "") if fail_open else ""
+    meta = _pick(result, "Metadata", "metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    modified = _pick(result, "Modified", "modified") is True
+    payload = _pick(result, "ModifiedPayload", "modifiedPayload", "modified_payload")
     return Verdict(
-        allowed=bool(allowed), reason=str(reason), behaviour=str(behaviour).lower(), fail_open=fail_open, error=error
+        allowed=bool(allowed),
+        reason=str(reason),
+        behaviour=str(behaviour).lower(),
+        fail_open=fail_open,
+        error=error,
+        policy=str(meta.get("policy_name") or ""),
+        rule=str(meta.get("rule_violated") or ""),
+        severity=str(meta.get("severity") or "").lower(),
+        modified_payload=payload if modified and isinstance(payload, str) and payload else None,
     )
