@@ -447,15 +447,10 @@ def _owner_alive(folder: Path, owner: str) -> bool:
 
 
 def _claim(path: Path) -> int | None:
-    """Lock a segment for replay (thread); None when it is gone or another process holds it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)  # a live process is still appending to it, or replaying it
+    """Lock a segment for replay (thread); None when it is gone, or another process holds it (a live
+    process is still appending to it, or replaying it)."""
+    fd = _try_lock(path)
+    if fd is None:
         return None
     if os.fstat(fd).st_nlink == 0:
         os.close(fd)  # replayed and deleted by another process while we waited

@@ -21,8 +21,10 @@ import pytest  # noqa: E402
 import pytest_asyncio  # noqa: E402
 from arq.constants import job_key_prefix  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
+from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
 
+from akto_hook.enqueue import Enqueuer  # noqa: E402
 from akto_ingest.akto_client import AktoClient  # noqa: E402
 from akto_ingest.config import AktoSettings, WorkerConfig  # noqa: E402
 from akto_ingest.queue import dlq_index_key, dlq_key, inbox_key  # noqa: E402
@@ -35,6 +37,20 @@ API_KEY = "unit-test-akto-key"
 
 RecordFactory = Callable[..., Record]
 RecordJsonFactory = Callable[..., str]
+
+
+class RedisOutage:
+    """Makes an :class:`Enqueuer`'s Redis writes fail while ``down`` is true; all else stays real."""
+
+    def __init__(self, enqueuer: Enqueuer) -> None:
+        self.down = True
+        self._healthy = enqueuer._push_many
+        enqueuer._push_many = self._push  # type: ignore[method-assign]
+
+    async def _push(self, lines: list[str]) -> None:
+        if self.down:
+            raise RedisConnectionError("Redis is down")
+        await self._healthy(lines)
 
 
 def _record(

@@ -18,7 +18,7 @@ from akto_hook.enqueue import Enqueuer
 from akto_ingest.queue import inbox_key
 from akto_ingest.record import Record
 
-from .conftest import REAL_REDIS_URL
+from .conftest import REAL_REDIS_URL, RedisOutage
 
 
 def rec(i: int) -> Record:
@@ -60,15 +60,7 @@ async def test_redis_failure_spools_without_waiting_then_replays_in_order(
 ) -> None:
     monkeypatch.setattr(recovery, "PROBE_INTERVAL_SECONDS", 0.05)
     enqueuer = Enqueuer(REAL_REDIS_URL, queue_name, 0.05, tmp_path, 10 * 1024 * 1024)
-    healthy = enqueuer._push_many
-    down = True
-
-    async def flaky(lines: list[str]) -> None:
-        if down:
-            raise RedisConnectionError("Redis is down")
-        await healthy(lines)
-
-    enqueuer._push_many = flaky  # type: ignore[method-assign]
+    outage = RedisOutage(enqueuer)
     try:
         assert await enqueuer.put(rec(0)) is False
         started = time.monotonic()
@@ -79,7 +71,7 @@ async def test_redis_failure_spools_without_waiting_then_replays_in_order(
         await asyncio.sleep(0.1)
         assert segments(tmp_path)
         assert await inbox_ids(real_redis, queue_name) == []
-        down = False
+        outage.down = False
         for _ in range(100):
             if len(await inbox_ids(real_redis, queue_name)) == 20 and not enqueuer.breaker_open:
                 break
@@ -180,19 +172,11 @@ async def test_a_sibling_sharing_the_folder_neither_holds_the_breaker_open_nor_l
     for i in range(5):
         assert await cut_off.put(rec(i)) is False
     enqueuer = Enqueuer(REAL_REDIS_URL, queue_name, 0.05, tmp_path, 10 * 1024 * 1024)
-    healthy = enqueuer._push_many
-    down = True
-
-    async def flaky(lines: list[str]) -> None:
-        if down:
-            raise RedisConnectionError("Redis is down")
-        await healthy(lines)
-
-    enqueuer._push_many = flaky  # type: ignore[method-assign]
+    outage = RedisOutage(enqueuer)
     try:
         for i in range(5, 8):
             assert await enqueuer.put(rec(i)) is False
-        down = False
+        outage.down = False
         for _ in range(200):
             if not enqueuer.breaker_open:
                 break

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from akto_hook import recovery
 from akto_hook import spool as spool_module
@@ -23,7 +22,7 @@ from akto_hook.enqueue import Enqueuer
 from akto_ingest.queue import inbox_key
 from akto_ingest.record import Record
 
-from .conftest import REAL_REDIS_URL
+from .conftest import REAL_REDIS_URL, RedisOutage
 
 TINY_BYTES = 192 * 1024
 WAIT_LIMIT = 30  # seconds; bounds a wait, not a latency under test
@@ -99,15 +98,7 @@ async def test_a_full_disk_never_stops_later_records_reaching_redis(
     monkeypatch.setattr(recovery, "PROBE_INTERVAL_SECONDS", 0.05)
     monkeypatch.setattr(recovery, "HOLD_MAX_BYTES", hold_bytes)
     enqueuer = Enqueuer(REAL_REDIS_URL, queue_name, 0.05, tiny_disk, 10 * 1024 * 1024)
-    healthy = enqueuer._push_many
-    down = True
-
-    async def flaky(lines: list[str]) -> None:
-        if down:
-            raise RedisConnectionError("Redis is down")
-        await healthy(lines)
-
-    enqueuer._push_many = flaky  # type: ignore[method-assign]
+    outage = RedisOutage(enqueuer)
     try:
         with caplog.at_level(logging.CRITICAL, logger="akto_hook"):
             for i in range(400):
@@ -121,7 +112,7 @@ async def test_a_full_disk_never_stops_later_records_reaching_redis(
             assert "DROPPED" in caplog.text
         else:
             assert enqueuer._spool.dropped == 0
-        down = False
+        outage.down = False
         await wait_until_closed(enqueuer)
         later = [await enqueuer.put(rec(i)) for i in range(400, 450)]
         assert later == [True] * 50
