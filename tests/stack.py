@@ -101,8 +101,8 @@ def http_ok(url: str) -> bool:
         return False
 
 
-class AktoAdmin:
-    """Drives a fake Akto process over its /_admin endpoints."""
+class _Admin:
+    """Drives a fake server process over its /_admin endpoints."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -112,6 +112,10 @@ class AktoAdmin:
 
     def reset(self) -> None:
         httpx.post(f"{self.url}/_admin/reset", timeout=5).raise_for_status()
+
+
+class AktoAdmin(_Admin):
+    """Drives a fake Akto process (``tests/fake_akto.py``)."""
 
     def down(self, seconds: float) -> None:
         httpx.post(f"{self.url}/_admin/down", json={"seconds": seconds}, timeout=5).raise_for_status()
@@ -139,17 +143,8 @@ class AktoAdmin:
         return [r for r in self.records_for(call_id) if r.get("ingested")]
 
 
-class LlmAdmin:
-    """Drives a fake model server process (``tests/fake_llm.py``) over its /_admin endpoints."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def configure(self, **settings: Any) -> None:
-        httpx.post(f"{self.url}/_admin/config", json=settings, timeout=5).raise_for_status()
-
-    def reset(self) -> None:
-        httpx.post(f"{self.url}/_admin/reset", timeout=5).raise_for_status()
+class LlmAdmin(_Admin):
+    """Drives a fake model server process (``tests/fake_llm.py``)."""
 
     def requests(self) -> list[dict[str, Any]]:
         data = httpx.get(f"{self.url}/_admin/requests", timeout=10).json()
@@ -344,6 +339,29 @@ def wait_proxy(proxy: Proxy, timeout: float = 240) -> None:
         return http_ok(f"{proxy.url}/health/liveliness")
 
     wait_until(ready, timeout, interval=0.5, what=f"proxy {proxy.proc.name}")
+
+
+def refused_start(config: Path, cwd: Path, **env: str) -> str:
+    """Start a proxy with ``config`` that must refuse to start; its output. ``env`` is added to a
+    minimal environment (the repo's packages on PYTHONPATH, a master key, no cost-map fetch)."""
+    result = subprocess.run(
+        [str(BIN / "litellm"), "--config", str(config), "--port", str(free_port())],
+        env={
+            "PATH": str(BIN),
+            "HOME": str(cwd),
+            "PYTHONPATH": ":".join(str(REPO / part) for part in ("common", "hook", "worker")),
+            "LITELLM_MASTER_KEY": MASTER_KEY,
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=cwd,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    return output
 
 
 def worker_env(akto_url: str, redis_url: str, queue: str, **extra: str) -> dict[str, str]:

@@ -29,6 +29,7 @@ from tests.stack import (
     Proxy,
     free_port,
     litellm_config,
+    refused_start,
     start_fake_akto,
     start_proxy,
     start_worker,
@@ -173,24 +174,7 @@ def test_guardrail_and_callback_on_one_proxy_record_each_call_once(cstack: Callb
 def test_bad_config_stops_the_proxy_at_start(tmp_path: Path, key: str) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(litellm_config(CALLBACK_EXAMPLE, litellm_settings={key: [CALLBACK]}))
-    result = subprocess.run(
-        [str(BIN / "litellm"), "--config", str(config), "--port", str(free_port())],
-        env={
-            "PATH": str(BIN),
-            "HOME": str(tmp_path),
-            "PYTHONPATH": _pythonpath(),
-            "LITELLM_MASTER_KEY": MASTER_KEY,
-            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-            "AKTO_GUARDRAIL_API_BASE": "akto.internal:9090",
-            "AKTO_API_KEY": AKTO_KEY,
-        },
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=tmp_path,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output[-3000:]
+    output = refused_start(config, tmp_path, AKTO_GUARDRAIL_API_BASE="akto.internal:9090", AKTO_API_KEY=AKTO_KEY)
     assert "akto_base_url (env AKTO_GUARDRAIL_API_BASE): must be an http:// or https:// URL" in output
     assert "Application startup failed" in output
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import AKTO_KEY, BIN, MASTER_KEY, REPO, litellm_config
+from tests.stack import AKTO_KEY, BIN, REPO, litellm_config, refused_start
 
 pytestmark = pytest.mark.integration
 
@@ -22,23 +22,7 @@ GOOD_WORKER_ENV = {
 def test_proxy_refuses_to_start_with_a_bad_akto_url(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(litellm_config(REPO / "deploy" / "litellm" / "config.block.yaml"))
-    result = subprocess.run(
-        [str(BIN / "litellm"), "--config", str(config), "--port", "4097"],
-        env={
-            "PATH": str(BIN),
-            "HOME": str(tmp_path),
-            "LITELLM_MASTER_KEY": MASTER_KEY,
-            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-            "AKTO_GUARDRAIL_API_BASE": "akto.internal:9090",
-            "AKTO_API_KEY": AKTO_KEY,
-        },
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=tmp_path,
-    )
-    assert result.returncode != 0
-    output = result.stdout + result.stderr
+    output = refused_start(config, tmp_path, AKTO_GUARDRAIL_API_BASE="akto.internal:9090", AKTO_API_KEY=AKTO_KEY)
     assert "akto_base_url (env AKTO_GUARDRAIL_API_BASE): must be an http:// or https:// URL" in output
     assert "Application startup failed" in output
 
