@@ -286,6 +286,7 @@ async def test_a_block_puts_akto_details_in_the_log_line_the_record_the_metric_a
         "behaviour": "block",
     }
     assert entry["violation_categories"] == ["Prompt Shield", "prompt_injection"]
+    assert (entry["guardrail_action"], entry["guardrail_mode"]) == ("blocked", "pre_call")
     assert "applied_guardrails" not in data["metadata"], "a blocked request was not let through"
 
 
