@@ -16,7 +16,6 @@ import time
 from typing import Any, Literal
 
 from litellm.integrations.custom_guardrail import CustomGuardrail
-from litellm.proxy.common_utils.callback_utils import add_guardrail_to_applied_guardrails_header
 from litellm.types.guardrails import GuardrailEventHooks
 from litellm.types.utils import GuardrailStatus, GuardrailTracingDetail
 
@@ -103,4 +102,7 @@ def _report(
         tracing_detail=tracing,
     )
     if status in PASSED:
+        # Imported here: the proxy's module costs 0.3 s to import, which SDK users of the hook never need.
+        from litellm.proxy.common_utils.callback_utils import add_guardrail_to_applied_guardrails_header
+
         add_guardrail_to_applied_guardrails_header(request_data=data, guardrail_name=guardrail.guardrail_name)
