@@ -5,6 +5,7 @@
     akto-ingest dlq show ID [--json]
     akto-ingest dlq replay (--all | ID...) [--json]
     akto-ingest dlq purge (--all | ID...) [--json]
+    akto-ingest violations [--limit N] [--since 1h|ISO-8601] [--json]
 
 Reads ``REDIS_URL`` and ``AKTO_QUEUE_NAME`` like the hook and the worker (``--redis-url`` and
 ``--queue`` override them); a ``redis+sentinel://`` URL reaches the current primary.
@@ -15,16 +16,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from arq.constants import health_check_key_suffix, in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from . import dlq
+from . import dlq, violations
 from .config import QueueSettings
 from .connections import redis_client
 from .errors import ConfigError, RecordError
@@ -75,6 +78,56 @@ async def status(redis: Redis, queue: str) -> dict[str, Any]:
     }
 
 
+DURATION = re.compile(r"(\d+(?:\.\d+)?)(s|m|h|d)")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def since_ms(text: str, now: int | None = None) -> int:
+    """``--since``: a duration back from now (``90s``, ``15m``, ``1h``, ``7d``) or an ISO-8601 time
+    (UTC unless it names its zone), as epoch milliseconds."""
+    now = now_ms() if now is None else now
+    match = DURATION.fullmatch(text.strip())
+    if match:
+        return now - int(float(match.group(1)) * UNIT_SECONDS[match.group(2)] * 1000)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (90s, 15m, 1h, 7d) nor an ISO-8601 time (2026-01-31T12:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def _stamp(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+async def _violations(redis: Redis, queue: str, args: argparse.Namespace) -> int:
+    found = await violations.recent(redis, queue, limit=args.limit, since_ms=args.since)
+    if args.json:
+        _print([v.model_dump() for v in found], True)
+        return 0
+    print(f"{len(found)} violation(s), newest first ({await violations.count(redis, queue)} kept)")
+    for v in found:
+        print(
+            f"{_stamp(v.time_ms)}  {v.mode:<7}  {v.call_id}  severity={v.severity or '-'}  "
+            f"policy={v.policy or '-'}  rule={v.rule or '-'}  {v.path}  {v.reason[:80]}"
+        )
+    return 0
+
+
 def _print(data: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(data, indent=2, default=str))
@@ -94,6 +147,8 @@ async def _run(args: argparse.Namespace) -> int:
         if args.command == "status":
             _print(await status(redis, queue), args.json)
             return 0
+        if args.command == "violations":
+            return await _violations(redis, queue, args)
         if args.dlq_command == "list":
             letters = await dlq.get_many(redis, queue, await dlq.list_ids(redis, queue, limit=args.limit))
             rows = [letter.model_dump(exclude={"record"}) for letter in letters]
@@ -102,7 +157,7 @@ async def _run(args: argparse.Namespace) -> int:
             else:
                 print(f"{await dlq.count(redis, queue)} dead letter(s)")
                 for row in rows:
-                    failed = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["failed_ms"] / 1000))
+                    failed = _stamp(row["failed_ms"])
                     status_code = row["last_status"]
                     detail = row["detail"][:80]
                     print(f"{row['id']}  {failed}  {row['reason']}  status={status_code}  {detail}")
@@ -153,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("ids", nargs="*")
         sub.add_argument("--all", action="store_true")
         sub.add_argument("--json", action="store_true")
+    found = commands.add_parser(
+        "violations", help="requests Akto blocked or flagged, newest first, with policy, rule and severity"
+    )
+    found.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
+    found.add_argument(
+        "--since", type=since_ms, help="only those recorded since: a duration back (15m, 1h, 7d) or an ISO-8601 time"
+    )
+    found.add_argument("--json", action="store_true")
     return parser
 
 

@@ -40,6 +40,11 @@ def dlq_index_key(queue: str) -> str:
     return f"{queue}:dlq:index"
 
 
+def violations_key(queue: str) -> str:
+    """Capped stream of the requests Akto blocked or flagged (``violations.py``)."""
+    return f"{queue}:violations"
+
+
 def heartbeat_key(queue: str) -> str:
     """Hash of worker (host:pid) -> last beat in epoch ms."""
     return f"{queue}:workers"

@@ -123,6 +123,12 @@ class Record(BaseModel):
     session_id: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     blocked_reason: str | None = None
+    # Akto's Metadata for the verdict that blocked the request (policy_name, rule_violated, severity).
+    # Optional fields added later keep ``v`` at 1: an older record reads with them unset, and an older
+    # worker ignores them. ``v`` changes only for a change an older reader would get wrong.
+    blocked_policy: str | None = None
+    blocked_rule: str | None = None
+    blocked_severity: str | None = None
 
     _clean_request_headers = field_validator("request_headers", mode="before")(strip_credentials)
 

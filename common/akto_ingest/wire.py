@@ -51,6 +51,13 @@ def envelope(record: Record, akto: AktoSettings) -> dict[str, str]:
         headers[SESSION_ID_HEADER] = record.session_id
     if record.blocked_reason is not None:
         response: dict[str, Any] = {"x-blocked-by": "Akto Guardrails", "reason": record.blocked_reason}
+        # Akto's own names for its verdict's Metadata, so the record says which policy and rule blocked.
+        details = {
+            "policy_name": record.blocked_policy,
+            "rule_violated": record.blocked_rule,
+            "severity": record.blocked_severity,
+        }
+        response.update({key: value for key, value in details.items() if value})
     else:
         response = record.response_body or {}
     status = str(record.status_code)

@@ -27,7 +27,7 @@ from akto_ingest.config import AktoSettings, HookSettings, QueueSettings
 from akto_ingest.errors import ConfigError
 from akto_ingest.record import Record
 
-from . import capture, metrics
+from . import capture, metrics, reporting
 from .check import Failure, InlineCheck, fallback_passes
 from .enqueue import Enqueuer
 from .spool import default_dir
@@ -169,40 +169,69 @@ class AktoGuardrail(CustomGuardrail):
     async def _checked(self, data: dict[str, Any], *, during_call: bool = False) -> dict[str, Any]:
         """The inline check of ``data``'s request: returns ``data`` when it may pass, raises the 400 or
         503 the client gets otherwise."""
+        since = time.time()
         try:
             record = capture.from_request(data, "block")
         except Exception as exc:
             # Our own bug must not decide the request: it is a check that could not be made.
             log.exception("akto check could not be built call_id=%s", data.get("litellm_call_id"))
             failure = Failure("internal_error", f"cannot build the check: {exc}")
+            self._report_fallback(data, failure, since, during_call)
             return self._unchecked(str(data.get("litellm_call_id")), failure, data)
         started = time.perf_counter()
         try:
             decision = await self._check.check(record)
         finally:
             metrics.CHECK_SECONDS.observe(time.perf_counter() - started)
+        verdict = decision.verdict
         if decision.blocks:
             metrics.BLOCKED.inc()
+            metrics.count_violation("blocked", verdict)
             self._remember_blocked(record.id)
-            log.info("akto blocked call_id=%s reason=%r", record.id, decision.reason)
-            update: dict[str, Any] = {"status_code": 400, "blocked_reason": decision.reason}
+            log.info(
+                "akto blocked call_id=%s reason=%r policy=%r rule=%r severity=%s",
+                record.id,
+                decision.reason,
+                verdict.policy,
+                verdict.rule,
+                verdict.severity or "-",
+            )
+            reporting.report(self, data, "blocked", started=since, verdict=verdict, during_call=during_call)
+            update: dict[str, Any] = {
+                "status_code": 400,
+                "blocked_reason": decision.reason,
+                "blocked_policy": verdict.policy or None,
+                "blocked_rule": verdict.rule or None,
+                "blocked_severity": verdict.severity or None,
+            }
             if during_call:
                 # The prompt did reach the LLM; its answer was thrown away.
                 update["metadata"] = {**record.metadata, "llm_output": "discarded"}
             await self._enqueuer.put(record.model_copy(update=update))
             raise HTTPException(status_code=400, detail=decision.reason)
         if decision.failure is not None:
+            self._report_fallback(data, decision.failure, since, during_call)
             if decision.failure.from_akto:
                 return self._unreachable(record.id, decision.failure, data)
             return self._unchecked(record.id, decision.failure, data)
-        if decision.verdict.flagged:
+        if verdict.flagged:
+            metrics.count_violation("flagged", verdict)
             log.warning(
-                "akto flagged call_id=%s reason=%r behaviour=%s (not blocking)",
+                "akto flagged call_id=%s reason=%r policy=%r rule=%r severity=%s behaviour=%s (not blocking)",
                 record.id,
-                decision.verdict.reason,
-                decision.verdict.behaviour,
+                verdict.reason,
+                verdict.policy,
+                verdict.rule,
+                verdict.severity or "-",
+                verdict.behaviour,
             )
+        status: reporting.Status = "flagged" if verdict.flagged else "allowed"
+        reporting.report(self, data, status, started=since, verdict=verdict, during_call=during_call)
         return data
+
+    def _report_fallback(self, data: dict[str, Any], failure: Failure, since: float, during_call: bool) -> None:
+        fallback = self.settings.unreachable_fallback
+        reporting.report(self, data, fallback, started=since, failure=failure, during_call=during_call)
 
     def _unreachable(self, call_id: str, failure: Failure, data: dict[str, Any]) -> dict[str, Any]:
         """Akto gave no verdict (unreachable, an error, an unreadable body, its own fail-open)."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from akto_ingest.violations import PolicyLabels, severity_label
+from akto_ingest.wire import Verdict
+
 ENQUEUED = Counter("akto_hook_records_enqueued", "Records written to the Redis queue")
 ENQUEUE_FAILURES = Counter("akto_hook_enqueue_failures", "Record writes to Redis that failed or timed out")
 SPOOLED = Counter("akto_hook_records_spooled", "Records written to the local spool while Redis was unavailable")
@@ -25,3 +28,16 @@ BLOCKED = Counter("akto_hook_blocked", "Requests blocked by an Akto verdict")
 # reason: unreachable, http_error, unreadable_body, akto_fail_open (Akto's gateway answered failOpen),
 # too_large, internal_error (the check could not be built).
 FALLBACK = Counter("akto_hook_fallback", "Requests decided by unreachable_fallback", ["decision", "reason"])
+# action: blocked, or flagged (an alert or warn verdict, which passes). policy is bounded
+# (violations.PolicyLabels): the names come from Akto's configuration.
+VIOLATIONS = Counter(
+    "akto_hook_violations",
+    "Requests the inline check found violating an Akto policy",
+    ["action", "severity", "policy"],
+)
+
+_policy_label = PolicyLabels()
+
+
+def count_violation(action: str, verdict: Verdict) -> None:
+    VIOLATIONS.labels(action, severity_label(verdict.severity), _policy_label(verdict.policy)).inc()

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError  # noqa: E402
 from akto_hook.enqueue import Enqueuer  # noqa: E402
 from akto_ingest.akto_client import AktoClient  # noqa: E402
 from akto_ingest.config import AktoSettings, WorkerConfig  # noqa: E402
-from akto_ingest.queue import dlq_index_key, dlq_key, inbox_key  # noqa: E402
+from akto_ingest.queue import dlq_index_key, dlq_key, inbox_key, violations_key  # noqa: E402
 from akto_ingest.record import Record  # noqa: E402
 from akto_worker.delivery import Deliverer  # noqa: E402
 from tests.fake_akto import FakeAkto  # noqa: E402
@@ -146,5 +146,12 @@ async def real_redis(queue_name: str) -> AsyncIterator[Redis]:
     finally:
         job_ids = await redis.zrange(queue_name, 0, -1)
         keys = [job_key_prefix + (j.decode() if isinstance(j, bytes) else str(j)) for j in job_ids]
-        await redis.delete(queue_name, inbox_key(queue_name), dlq_key(queue_name), dlq_index_key(queue_name), *keys)
+        await redis.delete(
+            queue_name,
+            inbox_key(queue_name),
+            dlq_key(queue_name),
+            dlq_index_key(queue_name),
+            violations_key(queue_name),
+            *keys,
+        )
         await redis.aclose()

@@ -113,3 +113,14 @@ async def test_a_during_call_guardrail_does_not_check_before_the_call(
     data = request(INJECTION, "call-pre")
     assert await guard.async_pre_call_hook(None, None, data, "acompletion") is data
     assert fake_akto.records == []
+
+
+async def test_the_check_is_reported_to_litellm_as_a_during_call_run(guard: AktoGuardrail) -> None:
+    data = request("hello", "call-dc-report")
+    await guard.async_moderation_hook(data, None, "completion")
+    blocked = request(INJECTION, "call-dc-report-blocked")
+    with pytest.raises(HTTPException):
+        await guard.async_moderation_hook(blocked, None, "completion")
+    for checked, status in ((data, "success"), (blocked, "guardrail_intervened")):
+        [entry] = checked["metadata"]["standard_logging_guardrail_information"]
+        assert (entry["guardrail_mode"], entry["guardrail_status"]) == ("during_call", status)

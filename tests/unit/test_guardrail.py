@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -11,10 +12,11 @@ from fastapi import HTTPException
 from litellm.types.guardrails import LitellmParams
 from redis.asyncio import Redis
 
-from akto_hook import AktoGuardrail, capture, metrics
+from akto_hook import AktoGuardrail, capture, metrics, reporting
 from akto_ingest.errors import ConfigError
 from akto_ingest.queue import inbox_key
 from akto_ingest.record import Record
+from akto_ingest.wire import Verdict
 from tests.fake_akto import FakeAkto
 
 from .conftest import API_KEY, REAL_REDIS_URL
@@ -228,3 +230,150 @@ async def test_what_is_not_akto_failing_has_its_own_path_and_reason(
     assert "could not check this request: cannot build the check" in refused.value.detail
     assert fallbacks("fail_closed", "internal_error") == before + 1
     assert not fake_akto.records, "neither reached Akto"
+
+
+# -- verdict details and what LiteLLM is told ------------------------------------------------------
+
+DETAILS = {"policy_name": "Prompt Shield", "rule_violated": "prompt_injection", "severity": "HIGH"}
+
+
+def reported(data: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(data.get("metadata", {}).get("standard_logging_guardrail_information") or [])
+
+
+def hook_violations(action: str, severity: str, policy: str) -> float:
+    return metrics.VIOLATIONS.labels(action, severity, policy)._value.get()
+
+
+async def test_a_block_puts_akto_details_in_the_log_line_the_record_the_metric_and_litellms_payload(
+    live: Callable[..., Awaitable[AktoGuardrail]],
+    fake_akto: FakeAkto,
+    real_redis: Redis,
+    queue_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    guard = await live()
+    fake_akto.configure(metadata=DETAILS)
+    before = hook_violations("blocked", "high", "Prompt Shield")
+    data = chat(INJECTION, "call-details")
+    with pytest.raises(HTTPException) as blocked:
+        await pre_call(guard, data)
+    assert (blocked.value.status_code, blocked.value.detail) == (400, "Prompt injection detected")
+
+    [record] = await queued(real_redis, queue_name)
+    assert (record.blocked_reason, record.blocked_policy, record.blocked_rule, record.blocked_severity) == (
+        "Prompt injection detected",
+        "Prompt Shield",
+        "prompt_injection",
+        "high",
+    )
+    assert hook_violations("blocked", "high", "Prompt Shield") == before + 1
+    line = next(r.getMessage() for r in caplog.records if "akto blocked call_id=call-details" in r.getMessage())
+    assert line.endswith(
+        "reason='Prompt injection detected' policy='Prompt Shield' rule='prompt_injection' severity=high"
+    )
+
+    [entry] = reported(data)
+    assert entry["guardrail_name"] == "akto-guard"
+    assert entry["guardrail_status"] == "guardrail_intervened"
+    assert entry["guardrail_provider"] == "akto"
+    assert entry["guardrail_response"] == {
+        "akto": "blocked",
+        "reason": "Prompt injection detected",
+        "policy": "Prompt Shield",
+        "rule": "prompt_injection",
+        "severity": "high",
+        "behaviour": "block",
+    }
+    assert entry["violation_categories"] == ["Prompt Shield", "prompt_injection"]
+    assert (entry["guardrail_action"], entry["guardrail_mode"]) == ("blocked", "pre_call")
+    assert "applied_guardrails" not in data["metadata"], "a blocked request was not let through"
+
+
+async def test_a_block_without_metadata_records_no_details(
+    live: Callable[..., Awaitable[AktoGuardrail]], real_redis: Redis, queue_name: str
+) -> None:
+    guard = await live()
+    with pytest.raises(HTTPException):
+        await pre_call(guard, chat(INJECTION, "call-bare"))
+    [record] = await queued(real_redis, queue_name)
+    assert (record.blocked_policy, record.blocked_rule, record.blocked_severity) == (None, None, None)
+    assert "blocked_policy" not in record.to_json()
+
+
+async def test_an_allowed_request_is_reported_and_named_in_the_applied_guardrails(
+    live: Callable[..., Awaitable[AktoGuardrail]],
+) -> None:
+    guard = await live()
+    data = chat("hello", "call-allowed")
+    assert await pre_call(guard, data) is data
+    [entry] = reported(data)
+    assert (entry["guardrail_status"], entry["guardrail_response"]) == ("success", {"akto": "allowed"})
+    assert entry["duration"] >= 0 and entry["start_time"] <= entry["end_time"]
+    assert data["metadata"]["applied_guardrails"] == ["akto-guard"]
+
+
+@pytest.mark.parametrize("behaviour", ["alert", "warn"])
+async def test_a_flag_that_passes_is_logged_counted_and_reported_as_flagged(
+    live: Callable[..., Awaitable[AktoGuardrail]],
+    fake_akto: FakeAkto,
+    caplog: pytest.LogCaptureFixture,
+    behaviour: str,
+) -> None:
+    guard = await live()
+    fake_akto.configure(metadata=DETAILS, behaviour=behaviour)
+    before = hook_violations("flagged", "high", "Prompt Shield")
+    data = chat(INJECTION, f"call-{behaviour}")
+    assert await pre_call(guard, data) is data
+    assert hook_violations("flagged", "high", "Prompt Shield") == before + 1
+    line = next(r.getMessage() for r in caplog.records if f"akto flagged call_id=call-{behaviour}" in r.getMessage())
+    assert f"policy='Prompt Shield' rule='prompt_injection' severity=high behaviour={behaviour}" in line
+    [entry] = reported(data)
+    assert entry["guardrail_status"] == "guardrail_flagged"
+    assert entry["guardrail_response"]["behaviour"] == behaviour
+    assert data["metadata"]["applied_guardrails"] == ["akto-guard"]
+
+
+@pytest.mark.parametrize("fallback", ["fail_closed", "fail_open"])
+async def test_a_fallback_is_reported_with_its_reason(
+    live: Callable[..., Awaitable[AktoGuardrail]], fake_akto: FakeAkto, fallback: str
+) -> None:
+    guard = await live(unreachable_fallback=fallback)
+    fake_akto.configure(status=500)
+    data = chat("hello", "call-fallback")
+    if fallback == "fail_open":
+        await pre_call(guard, data)
+    else:
+        with pytest.raises(HTTPException):
+            await pre_call(guard, data)
+    [entry] = reported(data)
+    assert entry["guardrail_status"] == "guardrail_failed_to_respond"
+    assert entry["guardrail_response"]["akto"] == fallback
+    assert entry["guardrail_response"]["fallback_reason"] == "http_error"
+    assert "500" in entry["guardrail_response"]["error"]
+    assert ("applied_guardrails" in data["metadata"]) is (fallback == "fail_open")
+
+
+async def test_masked_is_a_status_the_report_takes(live: Callable[..., Awaitable[AktoGuardrail]]) -> None:
+    guard = await live()
+    data: dict[str, Any] = {}
+    verdict = Verdict(allowed=True, reason="", behaviour="", policy="PII", modified_payload="{}")
+    reporting.report(guard, data, "masked", started=time.time(), verdict=verdict)
+    [entry] = reported(data)
+    assert entry["guardrail_status"] == "success"
+    assert entry["guardrail_response"] == {"akto": "masked", "policy": "PII"}
+    assert data["metadata"]["applied_guardrails"] == ["akto-guard"]
+
+
+async def test_reporting_never_decides_a_request(
+    live: Callable[..., Awaitable[AktoGuardrail]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = await live()
+
+    def broken(**kwargs: Any) -> None:
+        raise RuntimeError("logging bug")
+
+    monkeypatch.setattr(guard, "add_standard_logging_guardrail_information_to_request_data", broken)
+    data = chat("hello", "call-report-bug")
+    assert await pre_call(guard, data) is data
+    assert "akto check could not be reported to LiteLLM call_id=call-report-bug" in caplog.text

@@ -178,6 +178,33 @@ def test_blocked_record_has_blocked_by_and_reason_in_response() -> None:
     assert body["status"] == "400"
 
 
+def test_blocked_record_carries_akto_policy_rule_and_severity_under_akto_names() -> None:
+    record = make(
+        status_code=400,
+        blocked_reason="PII detected",
+        blocked_policy="PII",
+        blocked_rule="email",
+        blocked_severity="medium",
+    )
+    assert json.loads(envelope(record, AKTO)["responsePayload"]) == {
+        "x-blocked-by": "Akto Guardrails",
+        "reason": "PII detected",
+        "policy_name": "PII",
+        "rule_violated": "email",
+        "severity": "medium",
+    }
+    # Only the details Akto gave.
+    partial = make(status_code=400, blocked_reason="PII detected", blocked_policy="PII")
+    assert set(json.loads(envelope(partial, AKTO)["responsePayload"])) == {"x-blocked-by", "reason", "policy_name"}
+
+
+def test_a_record_written_before_the_verdict_details_still_reads() -> None:
+    old = {"v": 1, "id": "a", "mode": "block", "status_code": 400, "blocked_reason": "Prompt injection detected"}
+    record = Record.from_json(json.dumps(old))
+    assert (record.blocked_policy, record.blocked_rule, record.blocked_severity) == (None, None, None)
+    assert "policy_name" not in envelope(record, AKTO)["responsePayload"]
+
+
 def test_no_response_body_is_empty_object() -> None:
     body = envelope(make(response_body=None), AKTO)
     assert body["responsePayload"] == "{}"

@@ -12,10 +12,10 @@ import asyncio
 import json
 import logging
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from akto_ingest import dlq
+from akto_ingest import dlq, violations
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings, WorkerConfig
 from akto_ingest.errors import AktoError, AktoHTTPError, RecordTooLarge
@@ -59,6 +59,8 @@ class _Item:
 @dataclass(frozen=True)
 class Delivered:
     item: _Item
+    # Akto flagged the monitor-mode record as it took it.
+    flagged: violations.Violation | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ class Outcome:
     retry: list[_Item]
     dead: list[dlq.DeadLetter]
     last_error: str
+    # Delivered records Akto blocked (their record says so) or flagged (its answer said so).
+    violations: list[violations.Violation] = field(default_factory=list)
 
 
 class Deliverer:
@@ -142,29 +146,36 @@ class Deliverer:
                 return ToRetry(item, "")
             try:
                 with metrics.AKTO_LATENCY.time():
-                    await self._post_one(item)
+                    flagged = await self._post_one(item)
             except AktoError as exc:
                 if is_retryable(exc):
                     akto_down.set()
                 return self._failed(item, exc, attempt)
-        return Delivered(item)
+        return Delivered(item, flagged)
 
-    async def _post_one(self, item: _Item) -> None:
+    async def _post_one(self, item: _Item) -> violations.Violation | None:
+        """Send one record; for a monitor record Akto flagged, the violation (logged and counted)."""
         if item.ingest_only:
             await self._client.ingest_batch([item.entry])
-            return
+            return None
         monitor = item.record.mode == "monitor"
         verdict = await self._client.http_proxy(
             item.encoded, check_request=monitor, check_response=monitor, ingest=True
         )
-        if monitor and verdict.flagged:
-            metrics.VIOLATIONS.inc()
-            log.warning(
-                "akto violation call_id=%s reason=%r behaviour=%s",
-                item.record.id,
-                verdict.reason,
-                verdict.behaviour or "block",
-            )
+        if not (monitor and verdict.flagged):
+            return None
+        violation = violations.of_verdict(item.record, verdict)
+        metrics.count_violation(violation)
+        log.warning(
+            "akto violation call_id=%s reason=%r policy=%r rule=%r severity=%s behaviour=%s",
+            violation.call_id,
+            violation.reason,
+            violation.policy,
+            violation.rule,
+            violation.severity or "-",
+            violation.behaviour,
+        )
+        return violation
 
     async def _send_batches(self, items: list[_Item], attempt: int, deadline: float) -> list[Result]:
         results: list[Result] = []
@@ -230,9 +241,13 @@ class Deliverer:
         delivered = 0
         retry: list[_Item] = []
         dead: list[dlq.DeadLetter] = []
+        found: list[violations.Violation] = []
         for result in results:
             if isinstance(result, Delivered):
                 delivered += 1
+                violation = result.flagged or violations.of_blocked(result.item.record)
+                if violation is not None:
+                    found.append(violation)
             elif isinstance(result, Dead):
                 dead.append(result.letter)
             elif result.item.record.created_ms < oldest_allowed:
@@ -248,7 +263,7 @@ class Deliverer:
                 )
             else:
                 retry.append(result.item)
-        return Outcome(delivered=delivered, retry=retry, dead=dead, last_error=last_error)
+        return Outcome(delivered=delivered, retry=retry, dead=dead, last_error=last_error, violations=found)
 
 
 async def _run_until(deadline: float, sends: list[Coroutine[Any, Any, Result]]) -> list[Result | Exception | None]:

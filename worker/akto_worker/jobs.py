@@ -13,7 +13,7 @@ from typing import Any
 from arq import Retry
 from redis.exceptions import RedisError
 
-from akto_ingest import dlq
+from akto_ingest import dlq, violations
 from akto_ingest.queue import enqueue_batch
 
 from . import metrics
@@ -52,7 +52,7 @@ async def deliver(ctx: dict[str, Any], records: list[str], attempt: int) -> dict
         # persist, dead-letters it as a crash loop after MAX_JOB_RUNS runs).
         log.exception("delivering a batch of %d record(s) failed; the whole batch will run again", len(records))
         raise Retry(defer=RERUN_DEFER_SECONDS) from exc
-    await _persist(redis, state, [i.raw for i in outcome.retry], outcome.dead, attempt, persist_by)
+    await _persist(redis, state, [i.raw for i in outcome.retry], outcome.dead, attempt, persist_by, outcome.violations)
     metrics.DELIVERED.inc(outcome.delivered)
     if outcome.retry:
         log.warning(
@@ -70,10 +70,17 @@ def _summary(outcome: Outcome) -> dict[str, int]:
 
 
 async def _persist(
-    redis: Any, state: WorkerState, retry: list[str], letters: list[dlq.DeadLetter], attempt: int, deadline: float
+    redis: Any,
+    state: WorkerState,
+    retry: list[str],
+    letters: list[dlq.DeadLetter],
+    attempt: int,
+    deadline: float,
+    found: list[violations.Violation] | None = None,
 ) -> None:
-    """Store the retry job and the dead letters by ``deadline`` (the event loop's clock), or raise
-    ``Retry``: the job is still in Redis, so arq runs all of it again later and nothing is lost."""
+    """Store the retry job, the dead letters and the violations found by ``deadline`` (the event
+    loop's clock), or raise ``Retry``: the job is still in Redis, so arq runs all of it again later
+    and nothing is lost."""
     try:
         async with asyncio.timeout_at(deadline):
             if retry:
@@ -88,6 +95,8 @@ async def _persist(
                 )
             if letters:
                 await dlq.put(redis, state.queue_name, letters)
+            if found:
+                await violations.add(redis, state.queue_name, found)
     except (RedisError, TimeoutError) as exc:
         log.error(
             "cannot store %d retry record(s) and %d dead letter(s) in time (%s); the whole batch will run again",
