@@ -17,9 +17,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Mapping
+import mimetypes
+import posixpath
+from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlparse
 
 # The request fields that hold conversation content (tool definitions and the like are left alone).
 CONTENT_FIELDS = ("messages", "input", "system", "instructions", "prompt")
@@ -120,3 +122,97 @@ def _described(kind: str, raw: bytes, media_type: Any = None, filename: Any = No
     if isinstance(filename, str) and filename:
         summary["filename"] = filename
     return summary
+
+
+# Akto's file guardrail knows three kinds; it picks its reader by the file name's extension.
+FILE_KINDS = {
+    "image_url": "image",
+    "input_image": "image",
+    "image": "image",
+    "input_audio": "audio",
+    "file": "file",
+    "input_file": "file",
+    "document": "file",
+}
+
+
+def for_file_check(body: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The attachments in ``body``'s content fields as Akto's file guardrail takes them:
+    ``{"filename", "type", "content"}`` (standard base64) or ``{"filename", "type", "url"}``. A part
+    that has neither bytes nor a URL (an uploaded ``file_id``) cannot be sent and is left out."""
+    files: list[dict[str, str]] = []
+    for field in CONTENT_FIELDS:
+        for part in _parts(body.get(field)):
+            found = _file(part, len(files))
+            if found is not None:
+                files.append(found)
+    return files
+
+
+def _parts(value: Any) -> Iterator[Mapping[str, Any]]:
+    if isinstance(value, list):
+        for item in value:
+            yield from _parts(item)
+    elif isinstance(value, Mapping):
+        if value.get("type") in ATTACHMENT_TYPES:
+            yield value
+        else:
+            for item in value.values():
+                yield from _parts(item)
+
+
+def _file(part: Mapping[str, Any], index: int) -> dict[str, str] | None:
+    kind = str(part["type"])
+    name: Any = None
+    media_type: Any = None
+    data: Any = None
+    url: Any = None
+    if kind in ("image_url", "input_image"):
+        found = part.get("image_url")
+        url = found.get("url") if isinstance(found, Mapping) else found
+    elif kind == "input_audio":
+        audio = part.get("input_audio")
+        if isinstance(audio, Mapping):
+            data, fmt = audio.get("data"), audio.get("format")
+            # The format is the extension Akto's reader goes by (wav, mp3).
+            name = f"attachment-{index}.{fmt}" if isinstance(fmt, str) and fmt else None
+    elif kind == "file":
+        file = part.get("file")
+        if isinstance(file, Mapping):
+            url, name = file.get("file_data"), file.get("filename")
+    elif kind == "input_file":
+        url, name = part.get("file_data") or part.get("file_url"), part.get("filename")
+    else:
+        source = part.get("source")
+        source = source if isinstance(source, Mapping) else {}
+        name, media_type = part.get("title"), source.get("media_type")
+        if source.get("type") == "base64":
+            data = source.get("data")
+        elif source.get("type") == "url":
+            url = source.get("url")
+    if isinstance(url, str) and url[:5].lower() == "data:" and "," in url:
+        header, payload = url[5:].split(",", 1)
+        params = header.split(";")
+        media_type = params[0] or media_type
+        raw = _b64_bytes(payload) if params[-1].strip().lower() == "base64" else unquote_to_bytes(payload)
+        data, url = base64.b64encode(raw).decode(), None
+    elif isinstance(url, str) and url and not url.lower().startswith(("http://", "https://")):
+        data, url = url, None  # bare base64 in a file_data field
+    out = {"filename": _filename(name, index, media_type, url), "type": FILE_KINDS[kind]}
+    if isinstance(data, str) and data:
+        out["content"] = base64.b64encode(_b64_bytes(data)).decode()
+    elif isinstance(url, str) and url:
+        out["url"] = url
+    else:
+        return None
+    return out
+
+
+def _filename(name: Any, index: int, media_type: Any, url: Any) -> str:
+    """The client's file name, else the URL's, with an extension from the media type when it has none."""
+    stem = posixpath.basename(name.strip()) if isinstance(name, str) else ""
+    if not stem and isinstance(url, str):
+        stem = posixpath.basename(urlparse(url).path)
+    stem = stem or f"attachment-{index}"
+    guessed = mimetypes.guess_extension(media_type.split(";")[0].strip()) if isinstance(media_type, str) else None
+    return stem if posixpath.splitext(stem)[1] or not guessed else stem + guessed
