@@ -73,6 +73,7 @@ class Apis:
     akto: AktoAdmin
     llm: LlmAdmin
     proxy: Proxy
+    files: Proxy  # the same with file_guardrails: true
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +91,15 @@ def apis(log_dir: Path, redis_url: str) -> Iterator[Apis]:
             "proxy-apis", yaml.safe_dump(config), log_dir, akto_url=akto.url, redis_url=redis_url, queue=queue
         )
         procs.append(proxy.proc)
+        config["guardrails"][0]["litellm_params"].update({"file_guardrails": True, "file_guardrail_timeout": 20})
+        files = start_proxy(
+            "proxy-apis-files", yaml.safe_dump(config), log_dir, akto_url=akto.url, redis_url=redis_url, queue=queue
+        )
+        procs.append(files.proc)
         wait_proxy(proxy)
+        wait_proxy(files)
         procs.append(start_worker("worker-apis", worker_env(akto.url, redis_url, queue, **FAST_RETRY), log_dir))
-        yield Apis(akto, llm, proxy)
+        yield Apis(akto, llm, proxy, files)
     finally:
         for proc in reversed(procs):
             proc.stop(timeout=30)
@@ -105,9 +112,11 @@ def fresh(apis: Apis) -> None:
     apis.llm.configure(delay_ms=0, reply="Hello from the fake model", echo=False)
 
 
-def post(apis: Apis, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
+def post(
+    apis: Apis, path: str, body: dict[str, Any], headers: dict[str, str] | None = None, proxy: Proxy | None = None
+) -> httpx.Response:
     return httpx.post(
-        f"{apis.proxy.url}{path}",
+        f"{(proxy or apis.proxy).url}{path}",
         json={"model": "gpt-3.5-turbo", **body},
         headers={"Authorization": f"Bearer {KEY}", **(headers or {})},
         timeout=60,
@@ -341,6 +350,53 @@ def test_anthropic_image_and_document_never_copied_into_a_record(apis: Apis) -> 
     assert sent[1]["size"] == len(document)
     assert sent[1]["sha256"] == hashlib.sha256(document).hexdigest()
     assert base64.b64encode(image).decode()[:100] not in json.dumps(record)
+
+
+def file_checks(apis: Apis) -> list[dict[str, Any]]:
+    return [r for r in apis.akto.records() if r["query"].get("file_guardrails") == "true"]
+
+
+def test_file_guardrails_opt_in_sends_attachments_and_blocks_a_flagged_file(apis: Apis) -> None:
+    marker = uuid.uuid4().hex
+    document = f"Meeting notes. {INJECTION}".encode()
+    encoded = base64.b64encode(document).decode()
+    attached = {"type": "file", "file": {"file_data": f"data:text/plain;base64,{encoded}", "filename": "notes.txt"}}
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": f"Summarize {marker}"}, attached]}]}
+
+    # Without the opt-in the text is checked and passes; the file is only fingerprinted.
+    response = post(apis, "/v1/chat/completions", body)
+    assert response.status_code == 200, response.text
+    assert not file_checks(apis)
+
+    response = post(apis, "/v1/chat/completions", body, proxy=apis.files)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"] == REASON
+    (check,) = file_checks(apis)
+    assert check["body"]["files"] == [{"filename": "notes.txt", "type": "file", "content": encoded}]
+    assert check["body"]["requestPayload"] == "{}"
+    wait_until(
+        lambda: [r for r in apis.akto.records() if r.get("ingested") and r["body"]["statusCode"] == "400"],
+        60,
+        what="the blocked record",
+    )
+    blocked = [r["body"] for r in apis.akto.records() if r.get("ingested") and r["body"]["statusCode"] == "400"]
+    assert len(blocked) == 1 and marker in request_text(blocked[0])
+    assert encoded not in json.dumps(blocked[0])
+
+
+def test_file_guardrails_lets_a_benign_image_through_after_checking_it(apis: Apis) -> None:
+    image = os.urandom(1024)
+    encoded = base64.b64encode(image).decode()
+    content = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{encoded}"}},
+    ]
+    response = post(
+        apis, "/v1/chat/completions", {"messages": [{"role": "user", "content": content}]}, proxy=apis.files
+    )
+    assert response.status_code == 200, response.text
+    (check,) = file_checks(apis)
+    assert check["body"]["files"] == [{"filename": "attachment-0.png", "type": "image", "content": encoded}]
 
 
 # -- identity and sessions ------------------------------------------------------------------------------
