@@ -86,6 +86,8 @@ def apis(log_dir: Path, redis_url: str) -> Iterator[Apis]:
         (log_dir / f"{AUTH_MODULE}.py").write_text(AUTH_SOURCE)
         config = yaml.safe_load(litellm_config(BLOCK_EXAMPLE, models=fake_llm_models(llm.url)))
         config["general_settings"]["custom_auth"] = f"{AUTH_MODULE}.user_api_key_auth"
+        # The requester's IP is then LiteLLM's reading of X-Forwarded-For, which a test can set.
+        config["general_settings"]["use_x_forwarded_for"] = True
         queue = f"akto:apis:{run}"
         proxy = start_proxy(
             "proxy-apis", yaml.safe_dump(config), log_dir, akto_url=akto.url, redis_url=redis_url, queue=queue
@@ -408,7 +410,7 @@ def test_identity_tags_and_session_and_message_headers(apis: Apis) -> None:
         apis,
         "/v1/chat/completions",
         {"messages": [{"role": "user", "content": "Hello with identity"}]},
-        headers={"x-litellm-session-id": session},
+        headers={"x-litellm-session-id": session, "x-forwarded-for": "203.0.113.9"},
     )
     assert response.status_code == 200, response.text
     call_id = response.headers["x-litellm-call-id"]
@@ -418,7 +420,7 @@ def test_identity_tags_and_session_and_message_headers(apis: Apis) -> None:
     assert headers["x-akto-installer-akto_message_id"] == call_id
     assert "authorization" not in headers
     assert IDENTITY.items() <= json.loads(record["metadata"]).items()
-    assert record["ip"] == "127.0.0.1"
+    assert record["ip"] == "203.0.113.9"
     # The inline check carries the same ids, so Akto can tie its verdict to the record.
     check = checks_containing(apis, "Hello with identity")
     assert check and headers_of(check[0])["x-akto-installer-akto_session_id"] == session

@@ -185,3 +185,11 @@ async def test_joined_decision_keeps_the_text_verdict_and_any_failure() -> None:
     assert joined.verdict is flagged and not joined.blocks
     joined = await with_files(text(Decision(ALLOW, 1)), Files(None), rec, chat())
     assert joined.parts == 1
+
+
+async def test_attachments_over_the_body_limit_are_too_large_not_sent(fake_akto: FakeAkto, client: AktoClient) -> None:
+    body = chat(text_file(b"x" * 2_000_000))
+    decision = await file_check(fake_akto, client).check(record_of(body), body)
+    assert decision is not None and decision.failure is not None
+    assert decision.failure.reason == "too_large"
+    assert not fake_akto.records
