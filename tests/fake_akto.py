@@ -309,6 +309,9 @@ class FakeAkto:
     - ``masks``: phrase -> replacement; an unflagged checked payload containing a phrase is answered
       allowed with ``Modified: true`` and ``ModifiedPayload`` the payload string rewritten.
 
+    A file guardrail check (``/api/http-proxy?file_guardrails=true`` with a ``files`` list) is judged
+    on its files' decoded bytes by the same triggers and masks, and stored as not ingested.
+
     A record is stored when its answer is ready to go out: after ``delay_ms`` and any ``hang``, and
     only if the client is still connected then. So a record whose sender gave up or died while Akto
     was still working on it (a client timeout, a SIGKILLed worker) is not counted as delivered; it is

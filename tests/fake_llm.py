@@ -2,8 +2,9 @@
 
 LiteLLM's ``mock_response`` answers inside the proxy at once, which hides everything that runs
 concurrently with a real LLM call (``mode: during_call``). This server answers
-``POST /v1/chat/completions`` after ``delay_ms``, streamed (server-sent events) or not, and keeps
-what it received so a test can see what reached the "provider". Point a LiteLLM model at it::
+``POST /v1/chat/completions`` (and ``POST /v1/responses``, OpenAI's Responses API, which LiteLLM
+calls natively for an ``openai/`` model) after ``delay_ms``, streamed (server-sent events) or not,
+and keeps what it received so a test can see what reached the "provider". Point a LiteLLM model at it::
 
     {"model": "openai/fake", "api_base": "http://127.0.0.1:PORT/v1", "api_key": "unused"}
 
