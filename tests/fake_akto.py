@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import re
@@ -308,6 +309,9 @@ class FakeAkto:
     - ``masks``: phrase -> replacement; an unflagged checked payload containing a phrase is answered
       allowed with ``Modified: true`` and ``ModifiedPayload`` the payload string rewritten.
 
+    A file guardrail check (``/api/http-proxy?file_guardrails=true`` with a ``files`` list) is judged
+    on its files' decoded bytes by the same triggers and masks, and stored as not ingested.
+
     A record is stored when its answer is ready to go out: after ``delay_ms`` and any ``hang``, and
     only if the client is still connected then. So a record whose sender gave up or died while Akto
     was still working on it (a client timeout, a SIGKILLed worker) is not counted as delivered; it is
@@ -593,6 +597,8 @@ class FakeAkto:
 
     async def _accept_http_proxy(self, request: web.Request) -> _Answer:
         raw = await _read_limited(request, HTTP_PROXY_MAX_BODY)
+        if request.query.get("file_guardrails") == "true":
+            return self._accept_files(_decode_json(raw))
         envelope = _check_envelope(_decode_json(raw), HTTP_PROXY_MAX_STRING)
         query = request.query
         ingest = query.get("ingest_data") == "true"
@@ -681,6 +687,41 @@ class FakeAkto:
         if reason and self.behaviour.metadata:
             verdict["Metadata" if self.behaviour.key_case == "upper" else "metadata"] = dict(self.behaviour.metadata)
         return verdict
+
+    def _accept_files(self, payload: object) -> _Answer:
+        """A file guardrail check (``file_guardrails=true``): the envelope plus a ``files`` list of
+        ``{"filename", "type": image|audio|file, "content": <base64>}`` or ``{..., "url"}``, as LiteLLM's
+        built-in Akto guardrail sends it. A file whose decoded bytes (or URL) hold a trigger phrase is
+        flagged; masks apply too (answered Modified, as Akto would). Stored, never ingested."""
+        if not isinstance(payload, dict):
+            raise _Rejected(422, "record must be a JSON object")
+        files = payload.get("files")
+        if not isinstance(files, list) or not files:
+            raise _Rejected(422, "files must be a non-empty list")
+        texts: list[str] = []
+        for index, item in enumerate(files):
+            if not isinstance(item, dict) or item.get("type") not in ("image", "audio", "file"):
+                raise _Rejected(422, f"files[{index}] must be an object with type image, audio or file")
+            if not isinstance(item.get("filename"), str) or not item["filename"]:
+                raise _Rejected(422, f"files[{index}].filename must be a non-empty string")
+            content, url = item.get("content"), item.get("url")
+            if isinstance(content, str) and content:
+                try:
+                    texts.append(base64.b64decode(content, validate=True).decode(errors="replace"))
+                except ValueError:
+                    raise _Rejected(422, f"files[{index}].content is not standard base64") from None
+            elif isinstance(url, str) and url:
+                texts.append(url)
+            else:
+                raise _Rejected(422, f"files[{index}] needs content (base64) or url")
+        envelope = _check_envelope({k: v for k, v in payload.items() if k != "files"}, HTTP_PROXY_MAX_STRING)
+        probe = {"requestPayload": "\n".join(texts)}
+        reason = self._flag_reason(probe, ["requestPayload"])
+        masked = "" if reason else self._masked(probe, ["requestPayload"])
+        verdict = _fail_open_verdict() if self.behaviour.fail_open else self._verdict(reason, masked)
+        body = {"success": True, "message": SUCCESS_MESSAGE, "data": {"guardrailsResult": verdict}}
+        note = f"files: {len(files)}, " + (f"flagged: {reason}" if reason else "masked" if masked else "allowed")
+        return _Answer(200, _json_bytes(body), note=note, to_store=([{**envelope, "files": files}], False))
 
     def _log(self, request: web.Request, answer: _Answer | None, started: float, note: str) -> None:
         if not self.log_requests:

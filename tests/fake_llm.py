@@ -2,8 +2,9 @@
 
 LiteLLM's ``mock_response`` answers inside the proxy at once, which hides everything that runs
 concurrently with a real LLM call (``mode: during_call``). This server answers
-``POST /v1/chat/completions`` after ``delay_ms``, streamed (server-sent events) or not, and keeps
-what it received so a test can see what reached the "provider". Point a LiteLLM model at it::
+``POST /v1/chat/completions`` (and ``POST /v1/responses``, OpenAI's Responses API, which LiteLLM
+calls natively for an ``openai/`` model) after ``delay_ms``, streamed (server-sent events) or not,
+and keeps what it received so a test can see what reached the "provider". Point a LiteLLM model at it::
 
     {"model": "openai/fake", "api_base": "http://127.0.0.1:PORT/v1", "api_key": "unused"}
 
@@ -130,10 +131,89 @@ def app(settings: Settings) -> web.Application:
     application = web.Application()
     for path in ("/v1/chat/completions", "/chat/completions"):
         application.router.add_post(path, completions)
+    add_responses_route(application, settings)
     application.router.add_post("/_admin/config", admin_config)
     application.router.add_get("/_admin/requests", admin_requests)
     application.router.add_post("/_admin/reset", admin_reset)
     return application
+
+
+def _responses_reply(settings: Settings, body: dict[str, Any]) -> str:
+    if not settings.echo:
+        return settings.reply
+    given = body.get("input")
+    return given if isinstance(given, str) else json.dumps(given)
+
+
+def _response_object(model: str, text: str, rid: str) -> dict[str, Any]:
+    message = {
+        "id": f"msg_{rid}",
+        "type": "message",
+        "role": "assistant",
+        "status": "completed",
+        "content": [{"type": "output_text", "text": text, "annotations": []}],
+    }
+    return {
+        "id": f"resp_{rid}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "model": model,
+        "output": [message],
+        "usage": {"input_tokens": 10, "output_tokens": 10, "total_tokens": 20},
+    }
+
+
+def _event(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: ".encode() + json.dumps({"type": kind, **data}).encode() + b"\n\n"
+
+
+def add_responses_route(application: web.Application, settings: Settings) -> None:
+    """``POST /v1/responses`` (OpenAI's Responses API), streamed as its events or not; what it received
+    is kept beside the chat requests."""
+
+    async def responses(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        settings.requests.append(body)
+        del settings.requests[:-KEEP_REQUESTS]
+        if settings.delay_ms:
+            await asyncio.sleep(settings.delay_ms / 1000)
+        settings.served += 1
+        model = str(body.get("model") or "fake")
+        text = _responses_reply(settings, body)
+        rid = uuid.uuid4().hex
+        done = _response_object(model, text, rid)
+        if not body.get("stream"):
+            return web.json_response(done)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        started = {**done, "status": "in_progress", "output": []}
+        await resp.write(_event("response.created", {"response": started}))
+        item = {**done["output"][0], "status": "in_progress", "content": []}
+        await resp.write(_event("response.output_item.added", {"output_index": 0, "item": item}))
+        part = {"type": "output_text", "text": "", "annotations": []}
+        await resp.write(
+            _event(
+                "response.content_part.added",
+                {"item_id": item["id"], "output_index": 0, "content_index": 0, "part": part},
+            )
+        )
+        for piece in _pieces(text, settings.chunks):
+            delta = {"item_id": item["id"], "output_index": 0, "content_index": 0, "delta": piece}
+            await resp.write(_event("response.output_text.delta", delta))
+        await resp.write(
+            _event(
+                "response.output_text.done",
+                {"item_id": item["id"], "output_index": 0, "content_index": 0, "text": text},
+            )
+        )
+        await resp.write(_event("response.output_item.done", {"output_index": 0, "item": done["output"][0]}))
+        await resp.write(_event("response.completed", {"response": done}))
+        await resp.write_eof()
+        return resp
+
+    for path in ("/v1/responses", "/responses"):
+        application.router.add_post(path, responses)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,21 +48,36 @@ class AktoClient:
             self._loop = loop
         return self._session
 
-    async def _post(self, path: str, data: bytes, params: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async def _post(
+        self, path: str, data: bytes, params: dict[str, str] | None = None, time_limit: float | None = None
+    ) -> tuple[int, bytes]:
         session = self._get_session()
+        limit = self._timeout if time_limit is None else aiohttp.ClientTimeout(total=time_limit)
         try:
-            async with session.post(self._base + path, data=data, params=params) as resp:
+            async with session.post(self._base + path, data=data, params=params, timeout=limit) as resp:
                 return resp.status, await resp.read()
         except TimeoutError:
-            raise AktoUnreachable(f"no answer from Akto within {self._timeout.total}s") from None
+            raise AktoUnreachable(f"no answer from Akto within {limit.total}s") from None
         except aiohttp.ClientError as exc:
             raise AktoUnreachable(f"cannot reach Akto: {exc}") from None
 
-    async def http_proxy(self, envelope: bytes, *, check_request: bool, check_response: bool, ingest: bool) -> Verdict:
-        """POST one record (an envelope from :func:`wire.encode`) to ``/api/http-proxy``; returns
-        Akto's verdict (allow when no check ran)."""
-        params = http_proxy_params(check_request=check_request, check_response=check_response, ingest=ingest)
-        status, body = await self._post(HTTP_PROXY_PATH, envelope, params)
+    async def http_proxy(
+        self,
+        envelope: bytes,
+        *,
+        check_request: bool,
+        check_response: bool,
+        ingest: bool,
+        check_files: bool = False,
+        time_limit: float | None = None,
+    ) -> Verdict:
+        """POST one record (an envelope from :func:`wire.encode`, or attachments from
+        :func:`wire.files_body` with ``check_files``) to ``/api/http-proxy``; returns Akto's verdict
+        (allow when no check ran). ``time_limit`` (seconds) replaces the client's timeout for this call."""
+        params = http_proxy_params(
+            check_request=check_request, check_response=check_response, ingest=ingest, check_files=check_files
+        )
+        status, body = await self._post(HTTP_PROXY_PATH, envelope, params, time_limit)
         if status != 200:
             raise AktoHTTPError(status, body.decode(errors="replace"))
         try:

@@ -124,7 +124,9 @@ def check_size(body: dict[str, str]) -> int:
     return len(encode(body))
 
 
-def http_proxy_params(*, check_request: bool, check_response: bool, ingest: bool) -> dict[str, str]:
+def http_proxy_params(
+    *, check_request: bool, check_response: bool, ingest: bool, check_files: bool = False
+) -> dict[str, str]:
     params = {"akto_connector": "litellm"}
     if check_request:
         params["guardrails"] = "true"
@@ -132,7 +134,27 @@ def http_proxy_params(*, check_request: bool, check_response: bool, ingest: bool
         params["response_guardrails"] = "true"
     if ingest:
         params["ingest_data"] = "true"
+    if check_files:
+        params["file_guardrails"] = "true"
     return params
+
+
+def files_body(record: Record, akto: AktoSettings, files: list[dict[str, str]]) -> bytes:
+    """An ``/api/http-proxy`` body (sent with ``file_guardrails=true``) asking Akto's file guardrail
+    about ``files``: the record's envelope with an empty ``requestPayload`` (the text is checked on its
+    own) and a ``files`` list, each ``{"filename", "type": image|audio|file}`` with either ``content``
+    (standard base64) or ``url``. This is the shape LiteLLM's built-in Akto guardrail sends; Akto
+    answers with the usual ``guardrailsResult``. Raises :class:`RecordTooLarge` past http-proxy's
+    body limit."""
+    body: dict[str, Any] = {**envelope(record.model_copy(update={"request_body": {}}), akto), "requestPayload": "{}"}
+    body["files"] = files
+    encoded = orjson.dumps(body)
+    if len(encoded) > HTTP_PROXY_LIMITS.max_body_bytes:
+        raise RecordTooLarge(
+            f"attachments are {len(encoded)} bytes with their envelope; "
+            f"Akto's {HTTP_PROXY_LIMITS.endpoint} accepts {HTTP_PROXY_LIMITS.max_body_bytes}"
+        )
+    return encoded
 
 
 BATCH_PREFIX = b'{"batchData":['

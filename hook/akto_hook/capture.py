@@ -16,13 +16,13 @@ from urllib.parse import urlparse
 from akto_ingest.config import OnFlagged
 from akto_ingest.record import Record
 
-from . import metrics
+from . import attachments, metrics
 
 log = logging.getLogger("akto_hook")
 
 # What Akto needs to see of the request body; LiteLLM's own additions (metadata with copies of the
-# headers, for one) stay out.
-REQUEST_FIELDS = ("model", "messages", "tools", "tool_choice", "functions", "input", "prompt")
+# headers, for one) stay out. ``system`` is Anthropic's system prompt, ``instructions`` the Responses API's.
+REQUEST_FIELDS = ("model", "messages", "tools", "tool_choice", "functions", "input", "prompt", "system", "instructions")
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -31,17 +31,30 @@ def _dict(value: Any) -> dict[str, Any]:
 
 def _request_body(body: Mapping[str, Any], fallback: Mapping[str, Any]) -> dict[str, Any]:
     source = body or fallback
-    return {key: source[key] for key in REQUEST_FIELDS if source.get(key) is not None}
+    return attachments.summarized({key: source[key] for key in REQUEST_FIELDS if source.get(key) is not None})
+
+
+# Identity tags: record metadata key -> the key LiteLLM's auth puts in the request's metadata.
+IDENTITY_KEYS = {
+    "user_id": "user_api_key_user_id",
+    "user_email": "user_api_key_user_email",
+    "team_id": "user_api_key_team_id",
+    "team_alias": "user_api_key_team_alias",
+    "key_alias": "user_api_key_alias",
+    "end_user_id": "user_api_key_end_user_id",
+}
 
 
 def _metadata(meta: Mapping[str, Any]) -> dict[str, str]:
-    wanted = {
-        "user_id": meta.get("user_api_key_user_id"),
-        "team_id": meta.get("user_api_key_team_id"),
-        "key_alias": meta.get("user_api_key_alias"),
-        "end_user_id": meta.get("user_api_key_end_user_id"),
-    }
-    return {key: str(value) for key, value in wanted.items() if value is not None}
+    wanted = {key: meta.get(source) for key, source in IDENTITY_KEYS.items()}
+    return {key: str(value) for key, value in wanted.items() if value is not None and value != ""}
+
+
+def _session(*candidates: Any) -> str | None:
+    """The first session id given. LiteLLM sets ``litellm_session_id`` (and metadata ``session_id``)
+    from ``x-litellm-session-id`` / ``metadata.session_id``, and metadata ``trace_id`` from
+    ``x-litellm-trace-id``; the trace id it makes up for every other request is not a session."""
+    return next((str(value) for value in candidates if value), None)
 
 
 def _path(request: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
@@ -68,16 +81,20 @@ def _base(
         "request_headers": _dict(request.get("headers")),
         "request_body": _request_body(_dict(request.get("body")), fallback),
         "client_ip": str(meta.get("requester_ip_address") or "127.0.0.1"),
-        "session_id": meta.get("session_id") or None,
+        "session_id": _session(meta.get("session_id"), meta.get("trace_id")),
         "metadata": _metadata(meta),
     }
 
 
 def from_request(data: Mapping[str, Any], mode: OnFlagged) -> Record:
     """The record of a request as the pre-call hook sees it (no response yet)."""
-    meta = _dict(data.get("metadata")) or _dict(data.get("litellm_metadata"))
+    # Chat keeps LiteLLM's metadata in "metadata"; /v1/messages and /v1/responses in "litellm_metadata",
+    # where "metadata" is the client's own (Anthropic's metadata.user_id, for one).
+    meta = {**_dict(data.get("metadata")), **_dict(data.get("litellm_metadata"))}
     request = _dict(data.get("proxy_server_request"))
-    return Record(**_base(call_id=data.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=data))
+    base = _base(call_id=data.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=data)
+    base["session_id"] = _session(data.get("litellm_session_id"), base["session_id"])
+    return Record(**base)
 
 
 def _from_log(kwargs: Mapping[str, Any], mode: OnFlagged) -> dict[str, Any]:
@@ -87,8 +104,11 @@ def _from_log(kwargs: Mapping[str, Any], mode: OnFlagged) -> dict[str, Any]:
     request = _dict(params.get("proxy_server_request"))
     fallback = {"model": kwargs.get("model"), "messages": kwargs.get("messages") or slo.get("messages")}
     base = _base(call_id=kwargs.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=fallback)
-    if slo.get("session_id") and not base["session_id"]:
-        base["session_id"] = str(slo["session_id"])
+    base["session_id"] = _session(params.get("litellm_session_id"), slo.get("session_id"), base["session_id"])
+    if not meta.get("requester_ip_address") and slo.get("requester_ip_address"):
+        base["client_ip"] = str(slo["requester_ip_address"])
+    if "end_user_id" not in base["metadata"] and slo.get("end_user"):
+        base["metadata"]["end_user_id"] = str(slo["end_user"])
     return base
 
 

@@ -37,7 +37,7 @@ from akto_ingest.errors import AktoBadResponse, AktoError, AktoHTTPError, AktoUn
 from akto_ingest.record import Record
 from akto_ingest.wire import ALLOW, MAX_STRING_BYTES, Verdict, encode, envelope
 
-from . import metrics
+from . import attachments, metrics
 
 log = logging.getLogger("akto_hook")
 
@@ -240,9 +240,18 @@ def _segments(body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         if key == "messages" and isinstance(value, list):
             for message in value:
                 yield from _message_segments(message)
+        elif key in ("system", "instructions"):
+            # Anthropic's system prompt (a string or text blocks) and the Responses API's instructions.
+            yield from _content_segments("system", value)
+        elif key == "input" and isinstance(value, list):
+            for item in value:
+                if isinstance(item, Mapping) and "role" in item:
+                    yield from _message_segments(item)
+                else:
+                    yield from _part_segments("user", item)
         elif isinstance(value, str):
             yield "user", value
-        elif key in ("prompt", "input") and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        elif key == "prompt" and isinstance(value, list) and all(isinstance(v, str) for v in value):
             for item in value:
                 yield "user", item
         else:
@@ -255,20 +264,36 @@ def _message_segments(message: Any) -> Iterator[tuple[str, str]]:
         return
     role = message.get("role")
     role = role if isinstance(role, str) and role else "user"
-    content = message.get("content")
-    if isinstance(content, str):
-        yield role, content
-    elif isinstance(content, list):
-        for item in content:
-            if isinstance(item, Mapping) and isinstance(item.get("text"), str):
-                yield role, item["text"]
-            elif item is not None:
-                yield role, _json(item)
-    elif content is not None:
-        yield role, _json(content)
+    yield from _content_segments(role, message.get("content"))
     rest = {k: v for k, v in message.items() if k not in ("role", "content") and v is not None}
     if rest:
         yield role, _json(rest)
+
+
+def _content_segments(role: str, content: Any) -> Iterator[tuple[str, str]]:
+    if isinstance(content, list):
+        for item in content:
+            yield from _part_segments(role, item)
+    elif content is not None:
+        yield from _part_segments(role, content)
+
+
+def _part_segments(role: str, part: Any) -> Iterator[tuple[str, str]]:
+    """One content part's text: ``text``/``input_text``/``output_text`` as text, a ``tool_result``'s
+    content as its own parts, an attachment's summary not at all (it is no text), anything else
+    (``tool_use``, a function call, an image URL) as its JSON."""
+    if part is None or attachments.is_summary(part):
+        return
+    if isinstance(part, str):
+        yield role, part
+    elif isinstance(part, Mapping) and isinstance(part.get("text"), str):
+        yield role, part["text"]
+    elif isinstance(part, Mapping) and part.get("type") == "tool_result":
+        yield from _content_segments(role, part.get("content"))
+        rest = {k: v for k, v in part.items() if k != "content" and v is not None}
+        yield role, _json(rest)
+    else:
+        yield role, _json(part)
 
 
 def _json(value: Any) -> str:

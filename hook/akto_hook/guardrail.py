@@ -30,6 +30,7 @@ from akto_ingest.record import Record
 from . import capture, metrics, reporting
 from .check import Failure, InlineCheck, fallback_passes
 from .enqueue import Enqueuer
+from .file_check import FileCheck, with_files
 from .spool import default_dir
 
 log = logging.getLogger("akto_hook")
@@ -86,6 +87,11 @@ class AktoGuardrail(CustomGuardrail):
         self._warn_about_modes()
         self._akto = AktoClient(self.akto, timeout=self.settings.guardrail_timeout)
         self._check = InlineCheck(self._akto, self.akto)
+        self._files = (
+            FileCheck(self._akto, self.akto, self.settings.file_guardrail_timeout)
+            if self.settings.file_guardrails
+            else None
+        )
         self._enqueuer = Enqueuer(
             self.queue.redis_url,
             self.queue.queue_name,
@@ -180,7 +186,7 @@ class AktoGuardrail(CustomGuardrail):
             return self._unchecked(str(data.get("litellm_call_id")), failure, data)
         started = time.perf_counter()
         try:
-            decision = await self._check.check(record)
+            decision = await with_files(self._check.check(record), self._files, record, data)
         finally:
             metrics.CHECK_SECONDS.observe(time.perf_counter() - started)
         verdict = decision.verdict

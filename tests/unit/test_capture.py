@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import json
 from typing import Any
 
@@ -312,3 +314,87 @@ def test_records_survive_the_queue_round_trip() -> None:
         capture.from_failure(log_kwargs(error={"error_code": "400", "error_message": "bad"}), "block"),
     ):
         assert Record.from_json(record.to_json()) == record
+
+
+# -- more APIs, attachments, identity -----------------------------------------------------------------
+
+
+def test_system_and_instructions_are_kept_and_attachments_summarized() -> None:
+    data = request_data()
+    image = base64.b64encode(b"\x00" * 100).decode()
+    body = {
+        "model": "claude",
+        "system": "anthropic system prompt",
+        "instructions": "responses instructions",
+        "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:;base64,{image}"}}]}
+        ],
+        "max_tokens": 10,
+    }
+    data["proxy_server_request"]["body"] = body
+    record = capture.from_request(data, "block")
+    assert record.request_body["system"] == "anthropic system prompt"
+    assert record.request_body["instructions"] == "responses instructions"
+    assert "max_tokens" not in record.request_body
+    assert record.request_body["messages"][0]["content"][0] == {
+        "type": "image_url",
+        "size": 100,
+        "sha256": hashlib.sha256(b"\x00" * 100).hexdigest(),
+    }
+    assert image not in record.to_json()
+
+
+def test_identity_tags_come_from_litellm_auth_metadata() -> None:
+    data = request_data()
+    data["metadata"].update(
+        {
+            "user_api_key_user_email": "ada@example.com",
+            "user_api_key_team_alias": "research",
+            "user_api_key_end_user_id": "cust-1",
+        }
+    )
+    assert capture.from_request(data, "block").metadata == {
+        "user_id": "user-1",
+        "user_email": "ada@example.com",
+        "team_id": "team-9",
+        "team_alias": "research",
+        "key_alias": "ci-key",
+        "end_user_id": "cust-1",
+    }
+
+
+def test_client_metadata_does_not_hide_litellm_metadata() -> None:
+    """On /v1/messages "metadata" is the client's own (Anthropic's user_id); LiteLLM's is litellm_metadata."""
+    data = request_data()
+    data["litellm_metadata"] = data.pop("metadata")
+    data["metadata"] = {"user_id": "anthropic-user"}
+    record = capture.from_request(data, "block")
+    assert record.metadata["user_id"] == "user-1"
+    assert record.client_ip == "10.0.0.7"
+
+
+def test_session_id_from_litellm_session_then_metadata_then_client_trace_id() -> None:
+    assert capture.from_request(request_data(litellm_session_id="s-1"), "block").session_id == "s-1"
+    data = request_data()
+    data["metadata"]["trace_id"] = "t-1"
+    assert capture.from_request(data, "block").session_id == "t-1"
+    data["metadata"]["session_id"] = "s-2"
+    assert capture.from_request(data, "block").session_id == "s-2"
+    assert capture.from_request(request_data(), "block").session_id is None
+
+
+def test_logged_record_takes_session_ip_and_end_user_from_the_logging_payload() -> None:
+    kwargs = log_kwargs()
+    kwargs["litellm_params"]["litellm_session_id"] = "s-9"
+    kwargs["litellm_params"]["metadata"] = {}
+    slo = kwargs["standard_logging_object"]
+    slo.update(
+        {"session_id": "", "trace_id": "made-up-per-request", "requester_ip_address": "10.1.2.3", "end_user": "cust-7"}
+    )
+    slo["metadata"].pop("requester_ip_address")
+    record = capture.from_success(kwargs, None, "block")
+    assert record.session_id == "s-9"
+    assert record.client_ip == "10.1.2.3"
+    assert record.metadata["end_user_id"] == "cust-7"
+    kwargs["litellm_params"].pop("litellm_session_id")
+    assert capture.from_success(kwargs, None, "block").session_id is None

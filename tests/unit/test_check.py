@@ -288,3 +288,36 @@ async def test_an_unexpected_error_in_a_part_is_a_failure_not_an_exception(
     assert decision.failure is not None
     assert decision.failure.reason == "internal_error"
     assert "client bug" in decision.failure.message
+
+
+def test_system_instructions_content_parts_and_tool_results_are_in_the_split_text() -> None:
+    summary = {"type": "image", "size": 3, "sha256": "ab" * 32, "media_type": "image/png"}
+    body: dict[str, Any] = {
+        "model": "m",
+        "system": [{"type": "text", "text": "anthropic system"}],
+        "instructions": "responses instructions",
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "responses part"}]},
+            {"type": "function_call_output", "call_id": "c1", "output": "tool said"},
+            "plain input",
+        ],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "tool text"}]},
+                    summary,
+                ],
+            },
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {"q": "x"}}]},
+        ],
+    }
+    chunks = chunks_of(split(body, budget=64 * KIB))
+    assert ("system", "anthropic system") in chunks
+    assert ("system", "responses instructions") in chunks
+    assert ("user", "responses part") in chunks
+    assert ("user", "plain input") in chunks
+    assert ("user", "tool text") in chunks
+    assert any(r == "user" and "tool said" in c for r, c in chunks)
+    assert any(r == "assistant" and '"tool_use"' in c for r, c in chunks)
+    assert not any("sha256" in c for _, c in chunks), "an attachment's summary is no text to check"

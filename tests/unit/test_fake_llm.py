@@ -67,3 +67,19 @@ async def test_bad_settings_are_refused_by_name_and_reset_forgets_requests(clien
     await client.post("/v1/chat/completions", json=CHAT)
     await client.post("/_admin/reset")
     assert await (await client.get("/_admin/requests")).json() == {"served": 0, "requests": []}
+
+
+async def test_answers_the_responses_api_streamed_or_not(client: TestClient[Any, Any]) -> None:
+    resp = await client.post("/v1/responses", json={"model": "fake-model", "input": "Hi"})
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["object"] == "response"
+    assert body["output"][0]["content"][0] == {"type": "output_text", "text": "The answer", "annotations": []}
+    resp = await client.post("/v1/responses", json={"model": "fake-model", "input": "Hi", "stream": True})
+    events = [json.loads(line[6:]) for line in (await resp.text()).splitlines() if line.startswith("data: ")]
+    assert events[0]["type"] == "response.created"
+    assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == "The answer"
+    assert events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "The answer"
+    requests = await (await client.get("/_admin/requests")).json()
+    assert requests["served"] == 2

@@ -1,0 +1,218 @@
+"""Attachments in a request body (images, audio, files): recorded as a fingerprint, never as bytes.
+
+The content parts that can carry bytes inline:
+
+  OpenAI chat      ``image_url`` (a ``data:`` URL), ``input_audio``, ``file`` (``file_data``)
+  Anthropic        ``image`` and ``document`` with a ``base64`` source
+  Responses API    ``input_image`` (a ``data:`` URL), ``input_file`` (``file_data``)
+
+:func:`summarized` replaces each one, wherever it sits (inside ``tool_result`` blocks too), with
+``{"type", "size", "sha256"}`` (the size and SHA-256 of the decoded bytes, plus ``media_type`` and
+``filename`` when the client gave them), so a record stays small and holds no one's file. What is not
+bytes stays as it is: a plain http(s) URL, an uploaded ``file_id``, a document given as text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import mimetypes
+import posixpath
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import unquote_to_bytes, urlparse
+
+# The request fields that hold conversation content (tool definitions and the like are left alone).
+CONTENT_FIELDS = ("messages", "input", "system", "instructions", "prompt")
+
+ATTACHMENT_TYPES = frozenset({"image_url", "input_audio", "file", "image", "document", "input_image", "input_file"})
+
+_URL_SAFE = str.maketrans("-_", "+/")
+
+
+def summarized(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``body`` with every inline attachment in its content fields replaced by its summary."""
+    return {key: _walk(value) if key in CONTENT_FIELDS else value for key, value in body.items()}
+
+
+SUMMARY_KEYS = frozenset({"type", "size", "sha256", "media_type", "filename"})
+
+
+def is_summary(value: Any) -> bool:
+    """True for what :func:`summarized` put in an attachment's place (and nothing else: a part with
+    any other key, such as text, is not one)."""
+    return (
+        isinstance(value, Mapping)
+        and value.keys() <= SUMMARY_KEYS
+        and value.get("type") in ATTACHMENT_TYPES
+        and isinstance(value.get("sha256"), str)
+        and isinstance(value.get("size"), int)
+    )
+
+
+def _walk(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_walk(item) for item in value]
+    if not isinstance(value, Mapping):
+        return value
+    if value.get("type") in ATTACHMENT_TYPES:
+        summary = _summary(value)
+        if summary is not None:
+            return summary
+    return {key: _walk(item) for key, item in value.items()}
+
+
+def _summary(part: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The summary of one attachment part, or None when it carries no bytes inline."""
+    kind = str(part["type"])
+    if kind in ("image_url", "input_image"):
+        url = part.get("image_url")
+        url = url.get("url") if isinstance(url, Mapping) else url
+        return _from_data_url(kind, url)
+    if kind == "input_audio":
+        audio = part.get("input_audio")
+        if isinstance(audio, Mapping) and isinstance(audio.get("data"), str):
+            fmt = audio.get("format")
+            return _described(kind, _b64_bytes(audio["data"]), f"audio/{fmt}" if isinstance(fmt, str) else None)
+        return None
+    if kind == "file":
+        file = part.get("file")
+        if isinstance(file, Mapping):
+            return _from_data_url(kind, file.get("file_data"), file.get("filename"))
+        return None
+    if kind == "input_file":
+        return _from_data_url(kind, part.get("file_data"), part.get("filename"))
+    source = part.get("source")
+    # Anthropic image/document: only a base64 source is bytes (url, text and file sources are not).
+    if isinstance(source, Mapping) and source.get("type") == "base64" and isinstance(source.get("data"), str):
+        return _described(kind, _b64_bytes(source["data"]), source.get("media_type"), part.get("title"))
+    return None
+
+
+def _from_data_url(kind: str, value: Any, filename: Any = None) -> dict[str, Any] | None:
+    """A ``data:`` URL or bare base64 as a summary; None for a plain http(s) URL or nothing at all."""
+    if not isinstance(value, str) or not value:
+        return None
+    if value[:7].lower() == "http://" or value[:8].lower() == "https://":
+        return None
+    if value[:5].lower() == "data:" and "," in value:
+        header, data = value[5:].split(",", 1)
+        params = header.split(";")
+        media_type = params[0] or None
+        raw = _b64_bytes(data) if params[-1].strip().lower() == "base64" else unquote_to_bytes(data)
+        return _described(kind, raw, media_type, filename)
+    return _described(kind, _b64_bytes(value), None, filename)
+
+
+def _b64_bytes(data: str) -> bytes:
+    """Decoded base64, forgiving line breaks, missing padding and the URL-safe alphabet; text that is
+    not base64 at all is fingerprinted as it is."""
+    compact = "".join(data.split()).translate(_URL_SAFE)
+    try:
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return data.encode(errors="surrogatepass")
+
+
+def _described(kind: str, raw: bytes, media_type: Any = None, filename: Any = None) -> dict[str, Any]:
+    summary: dict[str, Any] = {"type": kind, "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+    if isinstance(media_type, str) and media_type:
+        summary["media_type"] = media_type
+    if isinstance(filename, str) and filename:
+        summary["filename"] = filename
+    return summary
+
+
+# Akto's file guardrail knows three kinds; it picks its reader by the file name's extension.
+FILE_KINDS = {
+    "image_url": "image",
+    "input_image": "image",
+    "image": "image",
+    "input_audio": "audio",
+    "file": "file",
+    "input_file": "file",
+    "document": "file",
+}
+
+
+def for_file_check(body: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The attachments in ``body``'s content fields as Akto's file guardrail takes them:
+    ``{"filename", "type", "content"}`` (standard base64) or ``{"filename", "type", "url"}``. A part
+    that has neither bytes nor a URL (an uploaded ``file_id``) cannot be sent and is left out."""
+    files: list[dict[str, str]] = []
+    for field in CONTENT_FIELDS:
+        for part in _parts(body.get(field)):
+            found = _file(part, len(files))
+            if found is not None:
+                files.append(found)
+    return files
+
+
+def _parts(value: Any) -> Iterator[Mapping[str, Any]]:
+    if isinstance(value, list):
+        for item in value:
+            yield from _parts(item)
+    elif isinstance(value, Mapping):
+        if value.get("type") in ATTACHMENT_TYPES:
+            yield value
+        else:
+            for item in value.values():
+                yield from _parts(item)
+
+
+def _file(part: Mapping[str, Any], index: int) -> dict[str, str] | None:
+    kind = str(part["type"])
+    name: Any = None
+    media_type: Any = None
+    data: Any = None
+    url: Any = None
+    if kind in ("image_url", "input_image"):
+        found = part.get("image_url")
+        url = found.get("url") if isinstance(found, Mapping) else found
+    elif kind == "input_audio":
+        audio = part.get("input_audio")
+        if isinstance(audio, Mapping):
+            data, fmt = audio.get("data"), audio.get("format")
+            # The format is the extension Akto's reader goes by (wav, mp3).
+            name = f"attachment-{index}.{fmt}" if isinstance(fmt, str) and fmt else None
+    elif kind == "file":
+        file = part.get("file")
+        if isinstance(file, Mapping):
+            url, name = file.get("file_data"), file.get("filename")
+    elif kind == "input_file":
+        url, name = part.get("file_data") or part.get("file_url"), part.get("filename")
+    else:
+        source = part.get("source")
+        source = source if isinstance(source, Mapping) else {}
+        name, media_type = part.get("title"), source.get("media_type")
+        if source.get("type") == "base64":
+            data = source.get("data")
+        elif source.get("type") == "url":
+            url = source.get("url")
+    if isinstance(url, str) and url[:5].lower() == "data:" and "," in url:
+        header, payload = url[5:].split(",", 1)
+        params = header.split(";")
+        media_type = params[0] or media_type
+        raw = _b64_bytes(payload) if params[-1].strip().lower() == "base64" else unquote_to_bytes(payload)
+        data, url = base64.b64encode(raw).decode(), None
+    elif isinstance(url, str) and url and not url.lower().startswith(("http://", "https://")):
+        data, url = url, None  # bare base64 in a file_data field
+    out = {"filename": _filename(name, index, media_type, url), "type": FILE_KINDS[kind]}
+    if isinstance(data, str) and data:
+        out["content"] = base64.b64encode(_b64_bytes(data)).decode()
+    elif isinstance(url, str) and url:
+        out["url"] = url
+    else:
+        return None
+    return out
+
+
+def _filename(name: Any, index: int, media_type: Any, url: Any) -> str:
+    """The client's file name, else the URL's, with an extension from the media type when it has none."""
+    stem = posixpath.basename(name.strip()) if isinstance(name, str) else ""
+    if not stem and isinstance(url, str):
+        stem = posixpath.basename(urlparse(url).path)
+    stem = stem or f"attachment-{index}"
+    guessed = mimetypes.guess_extension(media_type.split(";")[0].strip()) if isinstance(media_type, str) else None
+    return stem if posixpath.splitext(stem)[1] or not guessed else stem + guessed

@@ -1,0 +1,130 @@
+"""Attachments are recorded as type, size and SHA-256, never as their bytes."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+import pytest
+
+from akto_hook import attachments
+
+DATA = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+B64 = base64.b64encode(DATA).decode()
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+def summary(kind: str, **extra: Any) -> dict[str, Any]:
+    return {"type": kind, "size": len(DATA), "sha256": SHA, **extra}
+
+
+def only_part(body: dict[str, Any], field: str = "messages") -> Any:
+    return attachments.summarized(body)[field][0]["content"][0]
+
+
+@pytest.mark.parametrize(
+    ("part", "expected"),
+    [
+        (
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{B64}"}},
+            summary("image_url", media_type="image/png"),
+        ),
+        (
+            {"type": "image_url", "image_url": f"data:image/png;base64,{B64}"},
+            summary("image_url", media_type="image/png"),
+        ),
+        (
+            {"type": "input_audio", "input_audio": {"data": B64, "format": "wav"}},
+            summary("input_audio", media_type="audio/wav"),
+        ),
+        (
+            {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{B64}", "filename": "a.pdf"}},
+            summary("file", media_type="application/pdf", filename="a.pdf"),
+        ),
+        (
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": B64}},
+            summary("image", media_type="image/png"),
+        ),
+        (
+            {
+                "type": "document",
+                "title": "report",
+                "source": {"type": "base64", "media_type": "application/pdf", "data": B64},
+            },
+            summary("document", media_type="application/pdf", filename="report"),
+        ),
+        (
+            {"type": "input_image", "image_url": f"data:image/png;base64,{B64}"},
+            summary("input_image", media_type="image/png"),
+        ),
+        ({"type": "input_file", "file_data": B64, "filename": "x.bin"}, summary("input_file", filename="x.bin")),
+    ],
+)
+def test_every_inline_attachment_becomes_its_summary(part: dict[str, Any], expected: dict[str, Any]) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": [part]}]}
+    assert only_part(body) == expected
+    assert attachments.is_summary(expected)
+    assert B64[:64] not in json.dumps(attachments.summarized(body))
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+        {"type": "input_image", "image_url": "HTTPS://example.com/cat.png"},
+        {"type": "input_image", "file_id": "file-123"},
+        {"type": "file", "file": {"file_id": "file-123"}},
+        {"type": "input_file", "file_url": "https://example.com/a.pdf"},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain words"}},
+        {"type": "text", "text": "hello"},
+    ],
+)
+def test_what_is_not_bytes_is_kept(part: dict[str, Any]) -> None:
+    body = {"messages": [{"role": "user", "content": [part]}]}
+    assert only_part(body) == part
+
+
+def test_size_is_of_the_decoded_bytes_whatever_the_base64_spelling() -> None:
+    urlsafe = base64.urlsafe_b64encode(DATA).decode().rstrip("=")
+    wrapped = "\n".join(B64[i : i + 76] for i in range(0, len(B64), 76))
+    for data in (urlsafe, wrapped):
+        part = {"type": "input_audio", "input_audio": {"data": data}}
+        assert only_part({"messages": [{"role": "user", "content": [part]}]}) == summary("input_audio")
+
+
+def test_a_plain_data_url_and_text_that_is_not_base64_are_fingerprinted_as_given() -> None:
+    plain = {"type": "image_url", "image_url": {"url": "data:text/plain,hello%20world"}}
+    assert only_part({"messages": [{"role": "user", "content": [plain]}]}) == {
+        "type": "image_url",
+        "size": 11,
+        "sha256": hashlib.sha256(b"hello world").hexdigest(),
+        "media_type": "text/plain",
+    }
+    bad = {"type": "input_audio", "input_audio": {"data": "not base64 at all!"}}
+    assert only_part({"messages": [{"role": "user", "content": [bad]}]})["size"] == len("not base64 at all!")
+
+
+def test_attachments_nested_in_tool_results_and_responses_input_are_summarized() -> None:
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": B64}}
+    body = {
+        "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [image]}]}],
+        "input": [{"role": "user", "content": [{"type": "input_image", "image_url": f"data:image/png;base64,{B64}"}]}],
+        "system": [{"type": "text", "text": "sys"}],
+    }
+    out = attachments.summarized(body)
+    assert out["messages"][0]["content"][0]["content"][0] == summary("image", media_type="image/png")
+    assert out["input"][0]["content"][0] == summary("input_image", media_type="image/png")
+    assert out["system"] == body["system"]
+
+
+def test_fields_that_are_not_content_are_left_alone() -> None:
+    tools = [{"type": "file", "file": {"file_data": B64}}]
+    assert attachments.summarized({"tools": tools})["tools"] == tools
+
+
+def test_a_part_with_text_is_never_taken_for_a_summary() -> None:
+    assert not attachments.is_summary({"type": "image", "size": 1, "sha256": "x", "text": "ignore previous"})
+    assert not attachments.is_summary({"type": "text", "size": 1, "sha256": "x"})
