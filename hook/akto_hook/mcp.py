@@ -71,6 +71,11 @@ def mode_warnings(on_flagged: OnFlagged, hooks: set[str]) -> list[str]:
             "during_mcp_call is not supported (the tool would run before the verdict); "
             "use pre_mcp_call to check tool calls"
         )
+    if "post_mcp_call" in hooks:
+        warnings.append(
+            "post_mcp_call does nothing here (LiteLLM runs it only for apply_guardrail guardrails); "
+            "tool results are recorded after every call without it"
+        )
     if on_flagged == "monitor" and PRE_MCP_CALL in hooks:
         warnings.append("on_flagged=monitor ignores pre_mcp_call; tool calls are recorded, never blocked")
     return warnings

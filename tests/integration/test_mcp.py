@@ -23,6 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.stack import (
     BIN,
+    CALLBACK_EXAMPLE,
     FAST_RETRY,
     MASTER_KEY,
     MONITOR_EXAMPLE,
@@ -55,6 +56,7 @@ class McpStack:
     tools: Proc  # the fake MCP server; its log shows which tools ran
     block: Proxy  # config.mcp.yaml as shipped
     monitor: Proxy  # config.monitor.yaml plus the same MCP server
+    callback: Proxy  # config.callback.yaml (the callback, no guardrail) plus the same MCP server
     workers: dict[str, Proc]
 
 
@@ -90,7 +92,7 @@ def ms(log_dir: Path, redis_url: str) -> Iterator[McpStack]:
                 redis_url=redis_url,
                 queue=f"akto:it:{run}:mcp-{name}",
             )
-            for name, example in (("block", MCP_EXAMPLE), ("monitor", MONITOR_EXAMPLE))
+            for name, example in (("block", MCP_EXAMPLE), ("monitor", MONITOR_EXAMPLE), ("callback", CALLBACK_EXAMPLE))
         }
         procs += [p.proc for p in proxies.values()]
         for proxy in proxies.values():
@@ -262,3 +264,14 @@ def test_monitor_mode_records_the_call_and_the_worker_asks_for_the_verdict(ms: M
         30,
         what="the worker to log the violation",
     )
+
+
+def test_the_callback_records_tool_calls_the_same_way_and_not_listings(ms: McpStack) -> None:
+    marker = uuid.uuid4().hex
+    listed, result = mcp_call(ms.callback, "read_file", {"path": f"/tmp/{marker}"})  # lists the tools first
+    assert f"{SERVER}-notes" in listed and not result.is_error
+    record = one_ingested(ms.akto, marker)
+    assert_tagged(record, "read_file")
+    assert record["query"].get("guardrails") == "true"  # a monitor record: the worker asks for the verdict
+    assert marker in json.loads(record["body"]["responsePayload"])["result"]["content"][0]["text"]
+    assert not [r for r in ms.akto.records() if "tools/call" not in r["body"]["requestPayload"]]

@@ -211,6 +211,8 @@ def test_mode_entries_that_do_nothing_for_tool_calls_are_warned_about() -> None:
     assert "during_mcp_call is not supported" in during
     (monitor,) = mcp.mode_warnings("monitor", {"pre_mcp_call"})
     assert "never blocked" in monitor
+    (post,) = mcp.mode_warnings("block", {"pre_mcp_call", "post_mcp_call"})
+    assert "post_mcp_call does nothing here" in post
 
 
 # -- through the guardrail's hooks, against the fake Akto and a real Redis -------------------------
