@@ -155,7 +155,7 @@ class AktoGuardrail(CustomGuardrail):
         call. LiteLLM awaits both before it sends the client anything (the response, or a stream's
         first chunk), so a block verdict (400) or a fail-closed fallback (503) discards the LLM's
         output; the LLM's own success record is then dropped so the call keeps one record."""
-        if self.settings.on_flagged != "block":
+        if self.settings.on_flagged != "block" or mcp.is_mcp(call_type):  # during_mcp_call: see mcp.py
             return data
         if not self.should_run_guardrail(data=data, event_type=GuardrailEventHooks.during_call):
             return data

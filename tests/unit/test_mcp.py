@@ -317,3 +317,12 @@ async def test_akto_down_decides_a_tool_call_by_the_fallback(
         with pytest.raises(HTTPException) as refused:
             await guard.async_pre_call_hook(None, None, data, "call_mcp_tool")
         assert refused.value.status_code == 503
+
+
+async def test_during_mcp_call_checks_nothing(
+    guard_for: Callable[..., Awaitable[AktoGuardrail]], fake_akto: FakeAkto
+) -> None:
+    guard = await guard_for(["during_call", "during_mcp_call", "post_call"])
+    data = pre_call_data(INJECTION)
+    assert await guard.async_moderation_hook(data, None, "call_mcp_tool") is data
+    assert fake_akto.records == []
