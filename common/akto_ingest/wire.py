@@ -78,13 +78,28 @@ def envelope(record: Record, akto: AktoSettings) -> dict[str, str]:
         "akto_vxlan_id": akto.akto_vxlan_id,
         "is_pending": "false",
         "source": "MIRRORING",
-        "tag": _text({"gen-ai": "Gen AI"}),
+        "tag": _text(_tag(record)),
         "metadata": _text(record.metadata),
         "contextSource": akto.context_source,
     }
     if akto.akto_metadata:
         body["akto_metadata"] = _text(akto.akto_metadata)
     return body
+
+
+def _tag(record: Record) -> dict[str, str]:
+    """Akto's traffic tags: an MCP tool call (metadata ``mcp_server_name``) is tagged as Akto's own MCP
+    connectors tag it, with its server and tool; everything else is Gen AI traffic."""
+    server = record.metadata.get("mcp_server_name")
+    if server is None:
+        return {"gen-ai": "Gen AI"}
+    return {
+        "mcp-server": "MCP Server",
+        "mcp-client": "litellm",
+        "mcp_server_name": server,
+        "tool_name": record.metadata.get("tool_name", ""),
+        "call_type": record.metadata.get("call_type", "tool_call"),
+    }
 
 
 def _text(value: Any) -> str:

@@ -35,7 +35,7 @@ from akto_ingest.config import AktoSettings, HookSettings, QueueSettings
 from akto_ingest.errors import ConfigError
 from akto_ingest.record import Record
 
-from . import capture
+from . import capture, mcp
 from .enqueue import Enqueuer
 from .guardrail import AktoGuardrail
 from .spool import default_dir
@@ -237,23 +237,23 @@ class AktoLogger(CustomLogger):
 
     def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """A completed sync call; a streamed one arrives here once, assembled."""
-        self._record(lambda: capture.from_success(kwargs, response_obj, "monitor"), kwargs)
+        self._record(lambda: _success(kwargs, response_obj), kwargs)
 
     def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """A sync call that failed at the LLM, recorded with its error status."""
-        self._record(lambda: capture.from_failure(kwargs, "monitor"), kwargs)
+        self._record(lambda: _failure(kwargs), kwargs)
 
     # --- async calls (SDK acompletion, every proxy call) ---
 
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """A completed async call; a streamed one arrives here once, assembled."""
         if self._registered(litellm.success_callback):
-            self._record(lambda: capture.from_success(kwargs, response_obj, "monitor"), kwargs)
+            self._record(lambda: _success(kwargs, response_obj), kwargs)
 
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """An async call that failed at the LLM, recorded with its error status."""
         if self._registered(litellm.failure_callback):
-            self._record(lambda: capture.from_failure(kwargs, "monitor"), kwargs)
+            self._record(lambda: _failure(kwargs), kwargs)
 
     def _registered(self, event_list: list[Any]) -> bool:
         """Whether the user registered this logger for the event (we joined LiteLLM's async lists ourselves)."""
@@ -262,10 +262,25 @@ class AktoLogger(CustomLogger):
     def _record(self, build: Callable[[], Record], kwargs: Mapping[str, Any]) -> None:
         if _guardrail_records(kwargs):
             return
+        call_type = mcp.call_type_of(kwargs)
+        if mcp.is_mcp(call_type) and not mcp.is_tool_call(call_type):
+            return  # an MCP tool listing is not a call
         record = capture.built_or_logged(build, kwargs)
         if record is None:
             return
         self._writer_here().submit(record)
+
+
+def _success(kwargs: Mapping[str, Any], response: Any) -> Record:
+    if mcp.is_tool_call(mcp.call_type_of(kwargs)):
+        return mcp.from_success(kwargs, response, "monitor")
+    return capture.from_success(kwargs, response, "monitor")
+
+
+def _failure(kwargs: Mapping[str, Any]) -> Record:
+    if mcp.is_tool_call(mcp.call_type_of(kwargs)):
+        return mcp.from_failure(kwargs, "monitor")
+    return capture.from_failure(kwargs, "monitor")
 
 
 def _guardrail_records(kwargs: Mapping[str, Any]) -> bool:

@@ -23,11 +23,11 @@ from litellm.types.guardrails import GuardrailEventHooks
 
 from akto_ingest import logs
 from akto_ingest.akto_client import AktoClient
-from akto_ingest.config import AktoSettings, HookSettings, QueueSettings
+from akto_ingest.config import AktoSettings, HookSettings, OnFlagged, QueueSettings
 from akto_ingest.errors import ConfigError
 from akto_ingest.record import Record
 
-from . import capture, metrics, reporting
+from . import capture, mcp, metrics, reporting
 from .check import Failure, InlineCheck, fallback_passes
 from .enqueue import Enqueuer
 from .file_check import FileCheck, with_files
@@ -120,7 +120,7 @@ class AktoGuardrail(CustomGuardrail):
     def _warn_about_modes(self) -> None:
         hooks = self._hooks()
         checks = hooks & {"pre_call", "during_call"}
-        if self.settings.on_flagged == "block" and not checks:
+        if self.settings.on_flagged == "block" and not checks and mcp.PRE_MCP_CALL not in hooks:
             log.warning(
                 "akto guardrail %s: on_flagged=block without mode pre_call or during_call never blocks",
                 self.guardrail_name,
@@ -135,6 +135,8 @@ class AktoGuardrail(CustomGuardrail):
                 self.guardrail_name,
                 " and ".join(sorted(checks)),
             )
+        for warning in mcp.mode_warnings(self.settings.on_flagged, hooks):
+            log.warning("akto guardrail %s: %s", self.guardrail_name, warning)
 
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
@@ -143,6 +145,13 @@ class AktoGuardrail(CustomGuardrail):
         reason on a block verdict."""
         if self.settings.on_flagged != "block":
             return data
+        if mcp.is_mcp(call_type):
+            # mode: pre_mcp_call; a tool listing is checked, never recorded.
+            if not self.should_run_guardrail(data=data, event_type=GuardrailEventHooks.pre_mcp_call):
+                return data
+            return await self._checked(
+                data, build=lambda: mcp.from_pre_call(data, call_type), record_block=mcp.is_tool_call(call_type)
+            )
         if not self.should_run_guardrail(data=data, event_type=GuardrailEventHooks.pre_call):
             return data
         return await self._checked(data)
@@ -152,7 +161,7 @@ class AktoGuardrail(CustomGuardrail):
         call. LiteLLM awaits both before it sends the client anything (the response, or a stream's
         first chunk), so a block verdict (400) or a fail-closed fallback (503) discards the LLM's
         output; the LLM's own success record is then dropped so the call keeps one record."""
-        if self.settings.on_flagged != "block":
+        if self.settings.on_flagged != "block" or mcp.is_mcp(call_type):  # during_mcp_call: see mcp.py
             return data
         if not self.should_run_guardrail(data=data, event_type=GuardrailEventHooks.during_call):
             return data
@@ -172,12 +181,19 @@ class AktoGuardrail(CustomGuardrail):
             settled.set_result(passed)
         return data
 
-    async def _checked(self, data: dict[str, Any], *, during_call: bool = False) -> dict[str, Any]:
-        """The inline check of ``data``'s request: returns ``data`` when it may pass, raises the 400 or
-        503 the client gets otherwise."""
+    async def _checked(
+        self,
+        data: dict[str, Any],
+        *,
+        during_call: bool = False,
+        build: Callable[[], Record] | None = None,
+        record_block: bool = True,
+    ) -> dict[str, Any]:
+        """The inline check of ``data``'s request (or of what ``build`` makes of it): returns ``data``
+        when it may pass, raises the 400 or 503 the client gets otherwise."""
         since = time.time()
         try:
-            record = capture.from_request(data, "block")
+            record = build() if build is not None else capture.from_request(data, "block")
         except Exception as exc:
             # Our own bug must not decide the request: it is a check that could not be made.
             log.exception("akto check could not be built call_id=%s", data.get("litellm_call_id"))
@@ -213,7 +229,8 @@ class AktoGuardrail(CustomGuardrail):
             if during_call:
                 # The prompt did reach the LLM; its answer was thrown away.
                 update["metadata"] = {**record.metadata, "llm_output": "discarded"}
-            await self._enqueuer.put(record.model_copy(update=update))
+            if record_block:
+                await self._enqueuer.put(record.model_copy(update=update))
             raise HTTPException(status_code=400, detail=decision.reason)
         if decision.failure is not None:
             self._report_fallback(data, decision.failure, since, during_call)
@@ -273,6 +290,9 @@ class AktoGuardrail(CustomGuardrail):
 
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """Runs after the client has its response: one Redis write, nothing else."""
+        if mcp.is_mcp(mcp.call_type_of(kwargs)):
+            await self._record_mcp(lambda: mcp.from_success(kwargs, response_obj, self._mcp_mode()), kwargs)
+            return
         call_id = kwargs.get("litellm_call_id")
         pending = self._checking.get(call_id)
         if pending is not None:
@@ -291,8 +311,19 @@ class AktoGuardrail(CustomGuardrail):
         if call_id in self._blocked:
             self._blocked.pop(call_id, None)
             return
+        if mcp.is_mcp(mcp.call_type_of(kwargs)):
+            await self._record_mcp(lambda: mcp.from_failure(kwargs, self._mcp_mode()), kwargs)
+            return
         if self._wants(kwargs):
             await self._record(lambda: capture.from_failure(kwargs, self.settings.on_flagged), kwargs)
+
+    def _mcp_mode(self) -> OnFlagged:
+        return mcp.record_mode(self.settings.on_flagged, self._hooks())
+
+    async def _record_mcp(self, build: Callable[[], Record], kwargs: Mapping[str, Any]) -> None:
+        """A tool call's record (see ``mcp.py``); a tool listing is not a call and is not recorded."""
+        if mcp.is_tool_call(mcp.call_type_of(kwargs)) and self._wants(kwargs):
+            await self._record(build, kwargs)
 
     async def _record(self, build: Callable[[], Record], kwargs: Mapping[str, Any]) -> None:
         record = capture.built_or_logged(build, kwargs)
