@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import yaml
 
 from tests.stack import (
@@ -105,6 +106,10 @@ def apis(log_dir: Path, redis_url: str) -> Iterator[Apis]:
     finally:
         for proc in reversed(procs):
             proc.stop(timeout=30)
+        client = redis.Redis.from_url(redis_url)
+        for key in client.scan_iter(f"akto:apis:{run}:*"):
+            client.delete(key)
+        client.close()
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from akto_hook import attachments
 from akto_hook.check import Decision, InlineCheck
 from akto_hook.file_check import UNMASKABLE, FileCheck, with_files
 from akto_ingest.akto_client import AktoClient
-from akto_ingest.errors import RecordTooLarge
+from akto_ingest.errors import AktoHTTPError, RecordTooLarge
 from akto_ingest.record import Record
 from akto_ingest.wire import ALLOW, Verdict, files_body, http_proxy_params
 from tests.fake_akto import FakeAkto
@@ -193,3 +193,24 @@ async def test_attachments_over_the_body_limit_are_too_large_not_sent(fake_akto:
     assert decision is not None and decision.failure is not None
     assert decision.failure.reason == "too_large"
     assert not fake_akto.records
+
+
+@pytest.mark.parametrize(
+    ("files", "error"),
+    [
+        (None, "files must be a non-empty list"),
+        ([{"filename": "a", "type": "video", "content": "aGk="}], "type image, audio or file"),
+        ([{"filename": "a", "type": "file"}], "needs content (base64) or url"),
+        ([{"filename": "a", "type": "file", "content": "not base64!"}], "not standard base64"),
+    ],
+)
+async def test_the_fake_refuses_a_malformed_file_check(
+    fake_akto: FakeAkto, client: AktoClient, files: Any, error: str
+) -> None:
+    body = json.loads(files_body(record_of(chat()), akto_settings(fake_akto.url), []))
+    body["files"] = files
+    with pytest.raises(AktoHTTPError, match="422") as raised:
+        await client.http_proxy(
+            orjson.dumps(body), check_request=False, check_response=False, ingest=False, check_files=True
+        )
+    assert error in str(raised.value)
