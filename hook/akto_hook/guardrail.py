@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,10 @@ from akto_ingest.config import AktoSettings, HookSettings, QueueSettings
 from akto_ingest.errors import ConfigError
 from akto_ingest.record import Record
 
-from . import capture, metrics
-from .check import Failure, InlineCheck, fallback_passes
+from . import capture, masking, metrics
+from .check import Decision, Failure, InlineCheck, fallback_passes
 from .enqueue import Enqueuer
+from .response_check import ResponseCheck
 from .spool import default_dir
 
 log = logging.getLogger("akto_hook")
@@ -98,6 +99,8 @@ class AktoGuardrail(CustomGuardrail):
         # discarded by a block or a fail-closed fallback.
         self._checking: dict[str, asyncio.Future[bool]] = {}
         self._discarded: OrderedDict[str, None] = OrderedDict()
+        self._masks = masking.MaskedCalls()
+        self._responses = ResponseCheck(self._akto, self.akto, self.settings, self._record_refused, self._masks)
         log.info(
             "akto guardrail %s loaded: on_flagged=%s fallback=%s akto=%s queue=%s",
             self.guardrail_name,
@@ -193,8 +196,9 @@ class AktoGuardrail(CustomGuardrail):
             raise HTTPException(status_code=400, detail=decision.reason)
         if decision.failure is not None:
             if decision.failure.from_akto:
-                return self._unreachable(record.id, decision.failure, data)
-            return self._unchecked(record.id, decision.failure, data)
+                data = self._unreachable(record.id, decision.failure, data)
+            else:
+                data = self._unchecked(record.id, decision.failure, data)
         if decision.verdict.flagged:
             log.warning(
                 "akto flagged call_id=%s reason=%r behaviour=%s (not blocking)",
@@ -202,7 +206,65 @@ class AktoGuardrail(CustomGuardrail):
                 decision.verdict.reason,
                 decision.verdict.behaviour,
             )
+        if decision.masked:
+            return await self._masked(data, record, decision, during_call)
         return data
+
+    async def _masked(
+        self, data: dict[str, Any], record: Record, decision: Decision, during_call: bool
+    ) -> dict[str, Any]:
+        """``data`` with Akto's mask applied (see ``masking.py``); 400 when it cannot be."""
+        split = decision.parts > 1
+        try:
+            if during_call:
+                raise masking.Unmappable(
+                    "mode during_call cannot apply it: the prompt was already sent to the LLM (use mode pre_call)"
+                )
+            masked = masking.masked_request(
+                data, masking.request_changes(record.request_body, decision.masks, split=split)
+            )
+        except masking.Unmappable as exc:
+            reason = f"Akto masked this request, and the mask cannot be applied: {exc}"
+            body, is_masked = masking.recorded_request(record.request_body, decision.masks, split=split)
+            update: dict[str, Any] = {"status_code": 400, "blocked_reason": reason, "request_body": body}
+            if is_masked:
+                update["metadata"] = {**record.metadata, "masked": "request"}
+            if during_call:
+                update["metadata"] = {**update.get("metadata", record.metadata), "llm_output": "discarded"}
+            metrics.BLOCKED.inc()
+            self._remember_blocked(record.id)
+            log.info("akto blocked call_id=%s reason=%r", record.id, reason)
+            await self._enqueuer.put(record.model_copy(update=update))
+            raise HTTPException(status_code=400, detail=reason) from None
+        metrics.MASKED.labels("request").inc()
+        self._masks.remember(record.id, "request")
+        log.info("akto masked call_id=%s", record.id)
+        return masked
+
+    async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any, response: Any) -> Any:
+        """Block mode with ``check_response: true``: check a response that is not streamed before the
+        client gets it (``response_check.py``)."""
+        if not self._responses.enabled:
+            return None
+        return await self._responses.checked(data, response)
+
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
+    ) -> AsyncGenerator[Any, None]:
+        """Block mode with ``check_response: true``: a stream passes as it comes and is checked once,
+        at its end; a block ends it with an error event instead of ``[DONE]``."""
+        chunks = self._responses.stream(response, request_data) if self._responses.enabled else response
+        async for chunk in chunks:
+            yield chunk
+
+    async def _record_refused(self, record: Record) -> None:
+        """The one record of a call whose response was refused: LiteLLM's own success or failure
+        record of it is dropped."""
+        self._remember_blocked(record.id)
+        self._discarded[record.id] = None
+        if len(self._discarded) > BLOCKED_MEMORY:
+            self._discarded.popitem(last=False)
+        await self._enqueuer.put(self._masks.tagged(record))
 
     def _unreachable(self, call_id: str, failure: Failure, data: dict[str, Any]) -> dict[str, Any]:
         """Akto gave no verdict (unreachable, an error, an unreadable body, its own fail-open)."""
@@ -263,7 +325,7 @@ class AktoGuardrail(CustomGuardrail):
         record = capture.built_or_logged(build, kwargs)
         if record is None:
             return
-        await self._enqueuer.put(record)
+        await self._enqueuer.put(self._masks.tagged(record))
 
 
 __all__ = ["AktoGuardrail", "ConfigError"]

@@ -25,3 +25,5 @@ BLOCKED = Counter("akto_hook_blocked", "Requests blocked by an Akto verdict")
 # reason: unreachable, http_error, unreadable_body, akto_fail_open (Akto's gateway answered failOpen),
 # too_large, internal_error (the check could not be built).
 FALLBACK = Counter("akto_hook_fallback", "Requests decided by unreachable_fallback", ["decision", "reason"])
+# side: request (what the LLM gets) or response (what the client gets, check_response).
+MASKED = Counter("akto_hook_masked", "Requests and responses Akto masked and the hook applied the mask to", ["side"])
