@@ -175,10 +175,17 @@ class ResponseCheck:
 
 def _encoded(record: Record, akto: AktoSettings) -> bytes:
     try:
-        return encode(envelope(record, akto))
+        body = envelope(record, akto)
     except TypeError:
         # orjson refuses text JSON cannot hold; check what can be checked.
-        return encode(envelope(record.repaired(), akto))
+        record = record.repaired()
+        body = envelope(record, akto)
+    try:
+        return encode(body)
+    except RecordTooLarge:
+        # A long prompt must not stop the response check: the response is what is checked here.
+        short = {"model": record.request_body.get("model"), "note": "request omitted: over Akto's size limits"}
+        return encode(envelope(record.model_copy(update={"request_body": short}), akto))
 
 
 def _body(response: Any) -> dict[str, Any] | None:
