@@ -130,10 +130,65 @@ def app(settings: Settings) -> web.Application:
     application = web.Application()
     for path in ("/v1/chat/completions", "/chat/completions"):
         application.router.add_post(path, completions)
+    add_responses_api(application, settings)
     application.router.add_post("/_admin/config", admin_config)
     application.router.add_get("/_admin/requests", admin_requests)
     application.router.add_post("/_admin/reset", admin_reset)
     return application
+
+
+def _responses_input_text(body: dict[str, Any]) -> str:
+    """The Responses API request's last user text: ``input`` as a string, or its last user item."""
+    value = body.get("input")
+    if isinstance(value, str):
+        return value
+    users = [i for i in value or [] if isinstance(i, dict) and i.get("role", "user") == "user"]
+    content = users[-1].get("content") if users else ""
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return str(content or "")
+
+
+def _response_object(model: str, text: str) -> dict[str, Any]:
+    return {
+        "id": f"resp_{uuid.uuid4().hex}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "model": model,
+        "output": [
+            {
+                "type": "message",
+                "id": f"msg_{uuid.uuid4().hex}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {"input_tokens": 10, "output_tokens": 10, "total_tokens": 20},
+    }
+
+
+def add_responses_api(application: web.Application, settings: Settings) -> None:
+    """``POST /v1/responses`` (not streamed): the OpenAI Responses API, which LiteLLM uses for an
+    ``openai/`` model on ``/v1/responses`` and ``/v1/messages``. With ``echo`` on, the reply is the
+    last user text of ``input``."""
+
+    async def responses(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        settings.requests.append(body)
+        del settings.requests[:-KEEP_REQUESTS]
+        if settings.delay_ms:
+            await asyncio.sleep(settings.delay_ms / 1000)
+        settings.served += 1
+        text = _responses_input_text(body) if settings.echo else settings.reply
+        return web.json_response(_response_object(str(body.get("model") or "fake"), text))
+
+    for path in ("/v1/responses", "/responses"):
+        application.router.add_post(path, responses)
 
 
 def main(argv: list[str] | None = None) -> int:

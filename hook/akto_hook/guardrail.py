@@ -220,9 +220,8 @@ class AktoGuardrail(CustomGuardrail):
                 raise masking.Unmappable(
                     "mode during_call cannot apply it: the prompt was already sent to the LLM (use mode pre_call)"
                 )
-            masked = masking.masked_request(
-                data, masking.request_changes(record.request_body, decision.masks, split=split)
-            )
+            found = masking.request_changes(record.request_body, decision.masks, split=split)
+            masked = masking.masked_request(data, found)
         except masking.Unmappable as exc:
             reason = f"Akto masked this request, and the mask cannot be applied: {exc}"
             body, is_masked = masking.recorded_request(record.request_body, decision.masks, split=split)
@@ -237,7 +236,7 @@ class AktoGuardrail(CustomGuardrail):
             await self._enqueuer.put(record.model_copy(update=update))
             raise HTTPException(status_code=400, detail=reason) from None
         metrics.MASKED.labels("request").inc()
-        self._masks.remember(record.id, "request")
+        self._masks.remember(record.id, "request", found)
         log.info("akto masked call_id=%s", record.id)
         return masked
 

@@ -7,10 +7,10 @@ replacement. That covers every request shape the same way: chat ``messages`` (st
 parts), the Responses API's ``input`` (string or item list) and ``instructions``, Anthropic's
 ``system`` (string or blocks) and ``messages``, and a response's ``choices``.
 
-A change is applied at the same path of LiteLLM's request ``data`` (and of the client's request in
-``proxy_server_request``, which is what the record holds), only where the text there is still the
-text Akto saw. Anything else is :class:`Unmappable`, and the caller blocks: the unmasked text is
-never sent on.
+A change is applied at the same path of LiteLLM's request ``data``, only where the text there is
+still the text Akto saw; anything else is :class:`Unmappable`, and the caller blocks: the unmasked
+text is never sent on. The call's record gets the same changes (:class:`MaskedCalls`), so Akto
+ingests what the LLM got.
 
 A request too long to check whole was checked as synthetic chat parts (``check.split``). A part's
 masked message is mapped back by its text: it must be the whole of some text in the request (a
@@ -119,18 +119,10 @@ def request_changes(body: Mapping[str, Any], masks: Iterable[Mask], *, split: bo
 
 
 def masked_request(data: dict[str, Any], found: Iterable[Change]) -> dict[str, Any]:
-    """A copy of LiteLLM's request ``data`` with the changes applied, to the request the LLM gets and
-    to the client's request (``proxy_server_request.body``) the record is made of."""
-    found = list(found)
-    out = _with_changes(data, found, lambda change: f"the request's {_where(change.path)} is not the text Akto saw")
-    request = data.get("proxy_server_request")
-    body = request.get("body") if isinstance(request, dict) else None
-    if isinstance(request, dict) and isinstance(body, dict) and body:
-        out["proxy_server_request"] = {
-            **request,
-            "body": _with_changes(body, found, lambda change: f"the client's {_where(change.path)} was rewritten"),
-        }
-    return out
+    """A copy of LiteLLM's request ``data`` with the changes applied: what the LLM gets."""
+    return _with_changes(
+        data, list(found), lambda change: f"the request's {_where(change.path)} is not the text Akto saw"
+    )
 
 
 def masked_body(body: dict[str, Any], found: Iterable[Change]) -> dict[str, Any]:
@@ -206,22 +198,47 @@ def _where(path: Path) -> str:
 
 
 class MaskedCalls:
-    """Which sides (``request``, ``response``) of which calls were masked, until their record is made."""
+    """What was masked of which calls (sides ``request`` and ``response``, and the request's
+    changes), until their record is made.
+
+    The record is built from LiteLLM's copy of the client's request, which on some routes
+    (``/v1/messages``, ``/v1/responses``) is taken before the pre-call hook; the changes are applied
+    to it here, so the record holds what the LLM got.
+    """
 
     def __init__(self, size: int = MEMORY) -> None:
-        self._sides: OrderedDict[str, list[str]] = OrderedDict()
+        self._calls: OrderedDict[str, tuple[list[str], list[Change]]] = OrderedDict()
         self._size = size
 
-    def remember(self, call_id: str, side: str) -> None:
-        sides = self._sides.setdefault(call_id, [])
+    def remember(self, call_id: str, side: str, found: Iterable[Change] = ()) -> None:
+        sides, changes = self._calls.setdefault(call_id, ([], []))
         if side not in sides:
             sides.append(side)
-        if len(self._sides) > self._size:
-            self._sides.popitem(last=False)
+        changes.extend(found)
+        if len(self._calls) > self._size:
+            self._calls.popitem(last=False)
+
+    def applied(self, record: Record) -> Record:
+        """``record`` with its call's request changes applied to its request body."""
+        _, changes = self._calls.get(record.id, ((), []))
+        if not changes:
+            return record
+        body = copy.deepcopy(record.request_body)
+        for change in changes:
+            parent: Any = body
+            try:
+                for step in change.path[:-1]:
+                    parent = parent[step]
+                if parent[change.path[-1]] == change.before:
+                    parent[change.path[-1]] = change.after
+            except (KeyError, IndexError, TypeError):
+                continue
+        return record.model_copy(update={"request_body": body})
 
     def tagged(self, record: Record) -> Record:
-        """``record`` with ``masked`` in its metadata when its call was masked (then forgotten)."""
-        sides = self._sides.pop(record.id, None)
+        """:meth:`applied`, with ``masked`` (the sides) in the metadata; the call is then forgotten."""
+        record = self.applied(record)
+        sides, _ = self._calls.pop(record.id, ([], []))
         if not sides:
             return record
         return record.model_copy(update={"metadata": {**record.metadata, "masked": ",".join(sides)}})

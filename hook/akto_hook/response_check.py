@@ -127,7 +127,7 @@ class ResponseCheck:
     async def _verdict(self, data: dict[str, Any], body: dict[str, Any]) -> list[masking.Change]:
         """Ask Akto about ``body``; the changes its mask makes (none when it allows), or
         :class:`Refused`. A block writes the blocked record."""
-        record = capture.from_request(data, "block").model_copy(update={"response_body": body})
+        record = self._masks.applied(capture.from_request(data, "block")).model_copy(update={"response_body": body})
         try:
             encoded = _encoded(record, self._akto)
         except RecordTooLarge as exc:

@@ -285,3 +285,33 @@ def test_masked_counts_in_the_metric(ms: Masking) -> None:
     before = count()
     assert chat(ms.block, [{"role": "user", "content": f"card {CARD}"}]).status_code == 200
     assert count() == before + 1
+
+
+def test_responses_api_input_is_masked(ms: Masking) -> None:
+    items = [{"role": "user", "content": [{"type": "input_text", "text": f"my card {CARD}"}]}]
+    for value in (f"my card {CARD}", items):
+        ms.llm.reset()
+        response = post(ms.block, "/v1/responses", {"model": "gpt-3.5-turbo", "input": value})
+        assert response.status_code == 200, response.text
+        (sent,) = ms.llm.requests()
+        assert CARD not in json.dumps(sent) and MASKED_CARD in json.dumps(sent["input"])
+        record = ingested(ms, response)
+        assert record["path"] == "/v1/responses"
+        assert CARD not in record["requestPayload"]
+        assert json.loads(record["metadata"])["masked"] == "request"
+        ms.akto.configure(masks={CARD: MASKED_CARD})
+
+
+def test_anthropic_messages_are_masked(ms: Masking) -> None:
+    blocks = [{"type": "text", "text": "Read this"}, {"type": "text", "text": f"my card {CARD}"}]
+    for content in (f"my card {CARD}", blocks):
+        ms.llm.reset()
+        body = {"model": "gpt-3.5-turbo", "max_tokens": 50, "messages": [{"role": "user", "content": content}]}
+        response = post(ms.block, "/v1/messages", body)
+        assert response.status_code == 200, response.text
+        (sent,) = ms.llm.requests()
+        assert CARD not in json.dumps(sent) and MASKED_CARD in json.dumps(sent)
+        record = ingested(ms, response)
+        assert record["path"] == "/v1/messages"
+        assert CARD not in record["requestPayload"]
+        ms.akto.configure(masks={CARD: MASKED_CARD})
