@@ -126,6 +126,12 @@ class AktoGuardrail(CustomGuardrail):
             log.warning(
                 "akto guardrail %s: both pre_call and during_call: each request is checked twice", self.guardrail_name
             )
+        if self.settings.check_response and (self.settings.on_flagged != "block" or "post_call" not in hooks):
+            log.warning(
+                "akto guardrail %s: check_response needs on_flagged=block and mode post_call; "
+                "responses are not checked",
+                self.guardrail_name,
+            )
         if self.settings.on_flagged == "monitor" and checks:
             log.warning(
                 "akto guardrail %s: on_flagged=monitor ignores %s; it never blocks",

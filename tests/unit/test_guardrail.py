@@ -228,3 +228,35 @@ async def test_what_is_not_akto_failing_has_its_own_path_and_reason(
     assert "could not check this request: cannot build the check" in refused.value.detail
     assert fallbacks("fail_closed", "internal_error") == before + 1
     assert not fake_akto.records, "neither reached Akto"
+
+
+def test_check_response_is_off_by_default_and_read_from_config_or_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build(**GOOD).settings.check_response is False
+    assert build(**GOOD, check_response=True).settings.check_response is True
+    monkeypatch.setenv("AKTO_CHECK_RESPONSE", "true")
+    assert build(**GOOD).settings.check_response is True
+    monkeypatch.setenv("AKTO_CHECK_RESPONSE", "maybe")
+    with pytest.raises(ConfigError, match="check_response"):
+        build(**GOOD)
+
+
+@pytest.mark.parametrize(
+    ("params", "warns"),
+    [
+        ({"event_hook": ["pre_call", "post_call"]}, False),
+        ({"event_hook": ["pre_call"]}, True),
+        ({"event_hook": ["post_call"], "on_flagged": "monitor"}, True),
+    ],
+)
+def test_check_response_without_block_and_post_call_warns(
+    params: dict[str, Any], warns: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    logger = logging.getLogger("akto_hook")
+    logger.addHandler(caplog.handler)
+    try:
+        AktoGuardrail(**{**BASE, **params}, **GOOD, check_response=True)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert ("responses are not checked" in caplog.text) is warns
