@@ -32,7 +32,7 @@ def masked(data: dict[str, Any], *, old: str = CARD, new: str = "[CARD]") -> dic
 
 
 def test_chat_string_and_content_parts() -> None:
-    data = {
+    data: dict[str, Any] = {
         "model": "gpt-4o",
         "messages": [
             {"role": "system", "content": "Be brief"},
