@@ -75,11 +75,16 @@ COUNTERS = {
     "akto_hook_records_spooled_total",
     "akto_hook_blocked_total",
     "akto_hook_fallback_total",
+    "akto_hook_masked_total",
 }
 HISTOGRAMS = {"akto_worker_akto_request_seconds", "akto_hook_check_seconds"}
 GAUGES = {"akto_worker_queue_backlog"}
 ALLOWED_SERIES = COUNTERS | GAUGES | {f"{h}_{suffix}" for h in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
-LABEL_VALUES = {"state": {"ready", "deferred", "inbox"}, "decision": {"fail_open", "fail_closed"}}
+LABEL_VALUES = {
+    "state": {"ready", "deferred", "inbox"},
+    "decision": {"fail_open", "fail_closed"},
+    "side": {"request", "response"},
+}
 
 
 def load_yaml_docs(path: Path) -> list[dict]:
