@@ -22,7 +22,7 @@ log = logging.getLogger("akto_hook")
 
 # What Akto needs to see of the request body; LiteLLM's own additions (metadata with copies of the
 # headers, for one) stay out.
-REQUEST_FIELDS = ("model", "messages", "tools", "tool_choice", "functions", "input", "prompt")
+REQUEST_FIELDS = ("model", "messages", "tools", "tool_choice", "functions", "input", "prompt", "system", "instructions")
 
 
 def _dict(value: Any) -> dict[str, Any]:

@@ -302,6 +302,30 @@ def test_responses_api_input_is_masked(ms: Masking) -> None:
         ms.akto.configure(masks={CARD: MASKED_CARD})
 
 
+def test_responses_instructions_and_anthropic_system_are_masked(ms: Masking) -> None:
+    calls = [
+        ("/v1/responses", {"model": "gpt-3.5-turbo", "instructions": f"The card is {CARD}", "input": "Hello"}),
+        (
+            "/v1/messages",
+            {
+                "model": "gpt-3.5-turbo",
+                "max_tokens": 50,
+                "system": [{"type": "text", "text": f"The card is {CARD}"}],
+                "messages": [{"role": "user", "content": "Hello"}],
+            },
+        ),
+    ]
+    for path, body in calls:
+        ms.llm.reset()
+        response = post(ms.block, path, body)
+        assert response.status_code == 200, response.text
+        (sent,) = ms.llm.requests()
+        assert CARD not in json.dumps(sent) and f"The card is {MASKED_CARD}" in sent["instructions"]
+        record = ingested(ms, response)
+        assert CARD not in record["requestPayload"] and MASKED_CARD in record["requestPayload"]
+        ms.akto.configure(masks={CARD: MASKED_CARD})
+
+
 def test_anthropic_messages_are_masked(ms: Masking) -> None:
     blocks = [{"type": "text", "text": "Read this"}, {"type": "text", "text": f"my card {CARD}"}]
     for content in (f"my card {CARD}", blocks):
