@@ -303,7 +303,7 @@ def test_responses_api_input_is_masked(ms: Masking) -> None:
 
 
 def test_responses_instructions_and_anthropic_system_are_masked(ms: Masking) -> None:
-    calls = [
+    calls: list[tuple[str, dict[str, Any]]] = [
         ("/v1/responses", {"model": "gpt-3.5-turbo", "instructions": f"The card is {CARD}", "input": "Hello"}),
         (
             "/v1/messages",
