@@ -173,7 +173,7 @@ def _response_object(model: str, text: str) -> dict[str, Any]:
 
 
 def add_responses_api(application: web.Application, settings: Settings) -> None:
-    """``POST /v1/responses`` (not streamed): the OpenAI Responses API, which LiteLLM uses for an
+    """``POST /v1/responses``, streamed or not: the OpenAI Responses API, which LiteLLM uses for an
     ``openai/`` model on ``/v1/responses`` and ``/v1/messages``. With ``echo`` on, the reply is the
     last user text of ``input``."""
 
@@ -185,7 +185,31 @@ def add_responses_api(application: web.Application, settings: Settings) -> None:
             await asyncio.sleep(settings.delay_ms / 1000)
         settings.served += 1
         text = _responses_input_text(body) if settings.echo else settings.reply
-        return web.json_response(_response_object(str(body.get("model") or "fake"), text))
+        done = _response_object(str(body.get("model") or "fake"), text)
+        if not body.get("stream"):
+            return web.json_response(done)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        item = done["output"][0]["id"]
+        events: list[dict[str, Any]] = [
+            {"type": "response.created", "response": {**done, "status": "in_progress", "output": []}},
+            *(
+                {
+                    "type": "response.output_text.delta",
+                    "item_id": item,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": p,
+                }
+                for p in _pieces(text, settings.chunks)
+            ),
+            {"type": "response.completed", "response": done},
+        ]
+        for number, event in enumerate(events):
+            line = json.dumps({**event, "sequence_number": number})
+            await resp.write(f"event: {event['type']}\ndata: {line}\n\n".encode())
+        await resp.write_eof()
+        return resp
 
     for path in ("/v1/responses", "/responses"):
         application.router.add_post(path, responses)

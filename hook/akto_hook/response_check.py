@@ -7,7 +7,9 @@ fails closed).
 
 A streamed response reaches the client as it comes; its text is assembled on the way and checked
 once, at its end. A block, a mask (a text already sent cannot be masked) or a fail-closed fallback
-then ends the stream with an error event instead of ``[DONE]``.
+then ends the stream with an error event: on chat completions ``data: {"error": ...}`` instead of
+``[DONE]``; on the Responses API ``response.failed`` instead of ``response.completed`` (which is held
+back until the check is done).
 
 The call keeps one record: a blocked response's record is written here (status 400, Akto's reason,
 ``blocked_on: response``), and the guardrail drops LiteLLM's own success or failure record of it.
@@ -33,6 +35,7 @@ from .check import Failure, ask, fallback_passes
 
 log = logging.getLogger("akto_hook")
 
+TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
 STREAM_MASK_REASON = "Akto masked the response, and a streamed response cannot be masked once it was sent"
 
 
@@ -101,11 +104,24 @@ class ResponseCheck:
     async def stream(self, chunks: AsyncIterator[Any], data: dict[str, Any]) -> AsyncIterator[Any]:
         """Pass a stream through as it comes, then check its assembled text once, at its end."""
         texts: dict[int, list[str]] = {}
+        # A Responses API stream's terminal event is held until the check is done: LiteLLM reports a
+        # failure on such a stream only before that event (as ``response.failed``).
+        terminal: list[Any] = []
         async for chunk in chunks:
             _collect(chunk, texts)
+            if getattr(chunk, "type", None) in TERMINAL_EVENTS:
+                terminal.append(chunk)
+                continue
+            for held in terminal:
+                yield held
+            terminal.clear()
             yield chunk
-        if not texts:
-            return
+        if texts:
+            await self._check_stream(data, texts)
+        for held in terminal:
+            yield held
+
+    async def _check_stream(self, data: dict[str, Any], texts: dict[int, list[str]]) -> None:
         body = {
             "object": "chat.completion",
             "model": data.get("model"),

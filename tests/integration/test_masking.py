@@ -339,3 +339,26 @@ def test_anthropic_messages_are_masked(ms: Masking) -> None:
         assert record["path"] == "/v1/messages"
         assert CARD not in record["requestPayload"]
         ms.akto.configure(masks={CARD: MASKED_CARD})
+
+
+def responses_events(response: httpx.Response) -> list[dict[str, Any]]:
+    return [json.loads(e) for e in events(response) if e.startswith("{")]
+
+
+def test_check_response_fails_a_flagged_responses_api_stream_instead_of_completing_it(ms: Masking) -> None:
+    ms.llm.configure(echo=False, reply="Sure: my ssn is 078-05-1120")
+    body = {"model": "gpt-3.5-turbo", "input": "What is your number?", "stream": True}
+    response = post(ms.block, "/v1/responses", body)
+    assert response.status_code == 200
+    types = [e.get("type") for e in responses_events(response)]
+    assert "response.output_text.delta" in types
+    assert "response.completed" not in types, types
+    assert types[-1] == "response.failed", types
+    failed = responses_events(response)[-1]["response"]["error"]
+    assert failed["message"] == "PII detected"
+    record = ingested(ms, response)
+    assert record["statusCode"] == "400" and record["path"] == "/v1/responses"
+
+    ms.llm.configure(echo=False, reply="A perfectly fine answer")
+    clean = post(ms.block, "/v1/responses", body)
+    assert [e.get("type") for e in responses_events(clean)][-1] == "response.completed"
