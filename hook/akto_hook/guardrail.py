@@ -219,28 +219,15 @@ class AktoGuardrail(CustomGuardrail):
     async def _masked(
         self, data: dict[str, Any], record: Record, decision: Decision, during_call: bool
     ) -> dict[str, Any]:
-        """``data`` with Akto's mask applied (see ``masking.py``); 400 when it cannot be."""
-        split = decision.parts > 1
+        """``data`` with Akto's mask applied (``masking.py``); 400 when it cannot be."""
         try:
-            if during_call:
-                raise masking.Unmappable(
-                    "mode during_call cannot apply it: the prompt was already sent to the LLM (use mode pre_call)"
-                )
-            found = masking.request_changes(record.request_body, decision.masks, split=split)
-            masked = masking.masked_request(data, found)
+            masked, found = masking.masked_call(data, record, decision, during_call=during_call)
         except masking.Unmappable as exc:
-            reason = f"Akto masked this request, and the mask cannot be applied: {exc}"
-            body, is_masked = masking.recorded_request(record.request_body, decision.masks, split=split)
-            update: dict[str, Any] = {"status_code": 400, "blocked_reason": reason, "request_body": body}
-            if is_masked:
-                update["metadata"] = {**record.metadata, "masked": "request"}
-            if during_call:
-                update["metadata"] = {**update.get("metadata", record.metadata), "llm_output": "discarded"}
             metrics.BLOCKED.inc()
             self._remember_blocked(record.id)
-            log.info("akto blocked call_id=%s reason=%r", record.id, reason)
-            await self._enqueuer.put(record.model_copy(update=update))
-            raise HTTPException(status_code=400, detail=reason) from None
+            log.info("akto blocked call_id=%s reason=%r", record.id, str(exc))
+            await self._enqueuer.put(masking.refused_record(record, decision, str(exc), during_call=during_call))
+            raise HTTPException(status_code=400, detail=str(exc)) from None
         metrics.MASKED.labels("request").inc()
         self._masks.remember(record.id, "request", found)
         log.info("akto masked call_id=%s", record.id)

@@ -31,7 +31,7 @@ import orjson
 
 from akto_ingest.record import Record
 
-from .check import Mask
+from .check import Decision, Mask
 
 Path = tuple[str | int, ...]
 
@@ -147,6 +147,35 @@ def recorded_request(body: dict[str, Any], masks: Iterable[Mask], *, split: bool
         if isinstance(rewritten, dict):
             return rewritten, True
     return dict(body), False
+
+
+def masked_call(
+    data: dict[str, Any], record: Record, decision: Decision, *, during_call: bool
+) -> tuple[dict[str, Any], list[Change]]:
+    """The block-mode check's masks applied to LiteLLM's request ``data`` (``record`` is the request
+    as checked): the masked ``data`` and the changes, or :class:`Unmappable` with the client's reason."""
+    try:
+        if during_call:
+            raise Unmappable(
+                "mode during_call cannot apply it: the prompt was already sent to the LLM (use mode pre_call)"
+            )
+        found = request_changes(record.request_body, decision.masks, split=decision.parts > 1)
+        return masked_request(data, found), found
+    except Unmappable as exc:
+        raise Unmappable(f"Akto masked this request, and the mask cannot be applied: {exc}") from None
+
+
+def refused_record(record: Record, decision: Decision, reason: str, *, during_call: bool) -> Record:
+    """The blocked record of a request whose mask could not be applied."""
+    body, is_masked = recorded_request(record.request_body, decision.masks, split=decision.parts > 1)
+    metadata = dict(record.metadata)
+    if is_masked:
+        metadata["masked"] = "request"
+    if during_call:
+        metadata["llm_output"] = "discarded"
+    return record.model_copy(
+        update={"status_code": 400, "blocked_reason": reason, "request_body": body, "metadata": metadata}
+    )
 
 
 def apply_to_object(target: Any, found: Iterable[Change]) -> None:
