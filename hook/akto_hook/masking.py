@@ -112,8 +112,8 @@ def request_changes(body: Mapping[str, Any], masks: Iterable[Mask], *, split: bo
     targets = {path: text for path, text in leaves(body).items() if isinstance(text, str) and text in texts}
     if set(targets.values()) != set(texts):
         raise Unmappable(
-            "Akto masked part of a text too long to check whole; a mask inside a text that was checked in slices "
-            "cannot be applied"
+            "Akto masked part of a request too long to check whole, inside a text checked in slices or content "
+            "checked as JSON; such a mask cannot be put back"
         )
     return [Change(path, text, texts[text]) for path, text in targets.items()]
 
