@@ -362,3 +362,16 @@ def test_check_response_fails_a_flagged_responses_api_stream_instead_of_completi
     ms.llm.configure(echo=False, reply="A perfectly fine answer")
     clean = post(ms.block, "/v1/responses", body)
     assert [e.get("type") for e in responses_events(clean)][-1] == "response.completed"
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/responses"])
+def test_check_response_blocks_a_flagged_response_on_other_apis(ms: Masking, path: str) -> None:
+    ms.llm.configure(echo=False, reply="Sure: my ssn is 078-05-1120")
+    body: dict[str, Any] = {"model": "gpt-3.5-turbo", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
+    if path == "/v1/responses":
+        body = {"model": "gpt-3.5-turbo", "input": "Hi"}
+    response = post(ms.block, path, body)
+    assert response.status_code == 400, response.text
+    assert "PII detected" in response.text and "078-05-1120" not in response.text
+    record = ingested(ms, response)
+    assert record["statusCode"] == "400" and record["path"] == path
