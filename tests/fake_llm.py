@@ -138,11 +138,16 @@ def app(settings: Settings) -> web.Application:
     return application
 
 
-def _responses_reply(settings: Settings, body: dict[str, Any]) -> str:
-    if not settings.echo:
-        return settings.reply
-    given = body.get("input")
-    return given if isinstance(given, str) else json.dumps(given)
+def _responses_input_text(body: dict[str, Any]) -> str:
+    """The Responses API request's last user text: ``input`` as a string, or its last user item."""
+    value = body.get("input")
+    if isinstance(value, str):
+        return value
+    users = [i for i in value or [] if isinstance(i, dict) and i.get("role", "user") == "user"]
+    content = users[-1].get("content") if users else ""
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return str(content or "")
 
 
 def _response_object(model: str, text: str, rid: str) -> dict[str, Any]:
@@ -164,8 +169,9 @@ def _response_object(model: str, text: str, rid: str) -> dict[str, Any]:
     }
 
 
-def _event(kind: str, data: dict[str, Any]) -> bytes:
-    return f"event: {kind}\ndata: ".encode() + json.dumps({"type": kind, **data}).encode() + b"\n\n"
+def _event(kind: str, data: dict[str, Any], number: int) -> bytes:
+    line = json.dumps({"type": kind, **data, "sequence_number": number})
+    return f"event: {kind}\ndata: {line}\n\n".encode()
 
 
 def add_responses_route(application: web.Application, settings: Settings) -> None:
@@ -180,35 +186,26 @@ def add_responses_route(application: web.Application, settings: Settings) -> Non
             await asyncio.sleep(settings.delay_ms / 1000)
         settings.served += 1
         model = str(body.get("model") or "fake")
-        text = _responses_reply(settings, body)
+        text = _responses_input_text(body) if settings.echo else settings.reply
         rid = uuid.uuid4().hex
         done = _response_object(model, text, rid)
         if not body.get("stream"):
             return web.json_response(done)
+        item = {**done["output"][0], "status": "in_progress", "content": []}
+        at = {"item_id": item["id"], "output_index": 0, "content_index": 0}
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("response.created", {"response": {**done, "status": "in_progress", "output": []}}),
+            ("response.output_item.added", {"output_index": 0, "item": item}),
+            ("response.content_part.added", {**at, "part": {"type": "output_text", "text": "", "annotations": []}}),
+            *(("response.output_text.delta", {**at, "delta": piece}) for piece in _pieces(text, settings.chunks)),
+            ("response.output_text.done", {**at, "text": text}),
+            ("response.output_item.done", {"output_index": 0, "item": done["output"][0]}),
+            ("response.completed", {"response": done}),
+        ]
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        started = {**done, "status": "in_progress", "output": []}
-        await resp.write(_event("response.created", {"response": started}))
-        item = {**done["output"][0], "status": "in_progress", "content": []}
-        await resp.write(_event("response.output_item.added", {"output_index": 0, "item": item}))
-        part = {"type": "output_text", "text": "", "annotations": []}
-        await resp.write(
-            _event(
-                "response.content_part.added",
-                {"item_id": item["id"], "output_index": 0, "content_index": 0, "part": part},
-            )
-        )
-        for piece in _pieces(text, settings.chunks):
-            delta = {"item_id": item["id"], "output_index": 0, "content_index": 0, "delta": piece}
-            await resp.write(_event("response.output_text.delta", delta))
-        await resp.write(
-            _event(
-                "response.output_text.done",
-                {"item_id": item["id"], "output_index": 0, "content_index": 0, "text": text},
-            )
-        )
-        await resp.write(_event("response.output_item.done", {"output_index": 0, "item": done["output"][0]}))
-        await resp.write(_event("response.completed", {"response": done}))
+        for number, (kind, data) in enumerate(events):
+            await resp.write(_event(kind, data, number))
         await resp.write_eof()
         return resp
 

@@ -65,17 +65,31 @@ class Failure:
 
 
 @dataclass(frozen=True)
+class Mask:
+    """Akto's masking of one checked payload: the ``requestPayload`` we sent, and Akto's rewrite of it."""
+
+    sent: str
+    masked: str
+
+
+@dataclass(frozen=True)
 class Decision:
     """The outcome of one inline check.
 
     ``verdict`` is the verdict that decides (a block if any part blocked, else a flag if any part
     was flagged, else allow); ``failure`` is set only when no part blocked and some part got no
-    verdict; ``parts`` is how many Akto calls the check took.
+    verdict; ``parts`` is how many Akto calls the check took; ``masks`` holds Akto's rewrites of the
+    parts it masked (``masking.py`` maps them back onto the request).
     """
 
     verdict: Verdict
     parts: int
     failure: Failure | None = None
+    masks: tuple[Mask, ...] = ()
+
+    @property
+    def masked(self) -> bool:
+        return bool(self.masks) and not self.blocks
 
     @property
     def blocks(self) -> bool:
@@ -104,36 +118,45 @@ class InlineCheck:
             log.exception("akto check could not be built call_id=%s", record.id)
             return Decision(ALLOW, 0, Failure("internal_error", f"cannot build the check: {exc}"))
         if len(bodies) == 1:
-            return _decide([await self._one(bodies[0])], 1)
+            return _decide([(bodies[0], await self._one(bodies[0]))], 1)
         return await self._concurrently(bodies)
 
     async def _concurrently(self, bodies: list[bytes]) -> Decision:
-        tasks = [asyncio.ensure_future(self._one(body)) for body in bodies]
-        results: list[Verdict | Failure] = []
+        tasks = [asyncio.ensure_future(self._sent_and_answer(body)) for body in bodies]
+        results: list[tuple[bytes, Verdict | Failure]] = []
         try:
             for next_done in asyncio.as_completed(tasks):
-                result = await next_done
+                body, result = await next_done
                 if isinstance(result, Verdict) and result.blocks:
                     # One block decides: the other parts need not be waited for.
                     return Decision(result, len(bodies))
-                results.append(result)
+                results.append((body, result))
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         return _decide(results, len(bodies))
 
+    async def _sent_and_answer(self, body: bytes) -> tuple[bytes, Verdict | Failure]:
+        return body, await self._one(body)
+
     async def _one(self, body: bytes) -> Verdict | Failure:
-        try:
-            verdict = await self._client.http_proxy(body, check_request=True, check_response=False, ingest=False)
-        except AktoError as exc:
-            return Failure(_reason(exc), str(exc))
-        except Exception as exc:
-            log.exception("akto check part failed unexpectedly")
-            return Failure("internal_error", f"the check failed: {exc!r}")
-        if verdict.fail_open and not verdict.blocks:
-            return Failure("akto_fail_open", f"Akto's guardrail failed open: {verdict.error or 'no error given'}")
-        return verdict
+        return await ask(self._client, body)
+
+
+async def ask(client: AktoClient, body: bytes, *, response: bool = False) -> Verdict | Failure:
+    """One ``/api/http-proxy`` check of an encoded envelope (its request, or with ``response`` its
+    response): Akto's verdict, or the :class:`Failure` that stands for none. Never raises."""
+    try:
+        verdict = await client.http_proxy(body, check_request=not response, check_response=response, ingest=False)
+    except AktoError as exc:
+        return Failure(_reason(exc), str(exc))
+    except Exception as exc:
+        log.exception("akto check part failed unexpectedly")
+        return Failure("internal_error", f"the check failed: {exc!r}")
+    if verdict.fail_open and not verdict.blocks:
+        return Failure("akto_fail_open", f"Akto's guardrail failed open: {verdict.error or 'no error given'}")
+    return verdict
 
 
 def _reason(exc: AktoError) -> FailureReason:
@@ -146,14 +169,24 @@ def _reason(exc: AktoError) -> FailureReason:
     return "http_error"
 
 
-def _decide(results: list[Verdict | Failure], parts: int) -> Decision:
-    verdicts = [r for r in results if isinstance(r, Verdict)]
+def _decide(results: list[tuple[bytes, Verdict | Failure]], parts: int) -> Decision:
+    verdicts = [r for _, r in results if isinstance(r, Verdict)]
     for verdict in verdicts:
         if verdict.blocks:
             return Decision(verdict, parts)
-    failure = next((r for r in results if isinstance(r, Failure)), None)
+    failure = next((r for _, r in results if isinstance(r, Failure)), None)
     flagged = next((v for v in verdicts if v.flagged), ALLOW)
-    return Decision(flagged, parts, failure)
+    masks = tuple(
+        Mask(_request_payload(body), r.modified_payload)
+        for body, r in results
+        if isinstance(r, Verdict) and r.modified_payload is not None
+    )
+    return Decision(flagged, parts, failure, masks)
+
+
+def _request_payload(body: bytes) -> str:
+    # The envelope as sent: Akto's ModifiedPayload is a rewrite of its requestPayload.
+    return str(orjson.loads(body)["requestPayload"])
 
 
 def fallback_passes(failure: Failure, fallback: Fallback, call_id: str) -> bool:

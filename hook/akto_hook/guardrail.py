@@ -9,11 +9,12 @@ Delivery, retries and dead letters belong to the worker.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,11 @@ from akto_ingest.config import AktoSettings, HookSettings, OnFlagged, QueueSetti
 from akto_ingest.errors import ConfigError
 from akto_ingest.record import Record
 
-from . import capture, mcp, metrics, reporting
-from .check import Failure, InlineCheck, fallback_passes
+from . import capture, masking, mcp, metrics, reporting
+from .check import Decision, Failure, InlineCheck, fallback_passes
 from .enqueue import Enqueuer
 from .file_check import FileCheck, with_files
+from .response_check import ResponseCheck
 from .spool import default_dir
 
 log = logging.getLogger("akto_hook")
@@ -104,6 +106,8 @@ class AktoGuardrail(CustomGuardrail):
         # discarded by a block or a fail-closed fallback.
         self._checking: dict[str, asyncio.Future[bool]] = {}
         self._discarded: OrderedDict[str, None] = OrderedDict()
+        self._masks = masking.MaskedCalls()
+        self._responses = ResponseCheck(self._akto, self.akto, self.settings, self._record_refused, self._masks)
         log.info(
             "akto guardrail %s loaded: on_flagged=%s fallback=%s akto=%s queue=%s",
             self.guardrail_name,
@@ -128,6 +132,12 @@ class AktoGuardrail(CustomGuardrail):
         if self.settings.on_flagged == "block" and len(checks) > 1:
             log.warning(
                 "akto guardrail %s: both pre_call and during_call: each request is checked twice", self.guardrail_name
+            )
+        if self.settings.check_response and (self.settings.on_flagged != "block" or "post_call" not in hooks):
+            log.warning(
+                "akto guardrail %s: check_response needs on_flagged=block and mode post_call; "
+                "responses are not checked",
+                self.guardrail_name,
             )
         if self.settings.on_flagged == "monitor" and checks:
             log.warning(
@@ -235,8 +245,9 @@ class AktoGuardrail(CustomGuardrail):
         if decision.failure is not None:
             self._report_fallback(data, decision.failure, since, during_call)
             if decision.failure.from_akto:
-                return self._unreachable(record.id, decision.failure, data)
-            return self._unchecked(record.id, decision.failure, data)
+                data = self._unreachable(record.id, decision.failure, data)
+            else:
+                data = self._unchecked(record.id, decision.failure, data)
         if verdict.flagged:
             metrics.count_violation("flagged", verdict)
             log.warning(
@@ -248,13 +259,62 @@ class AktoGuardrail(CustomGuardrail):
                 verdict.severity or "-",
                 verdict.behaviour,
             )
-        status: reporting.Status = "flagged" if verdict.flagged else "allowed"
-        reporting.report(self, data, status, started=since, verdict=verdict, during_call=during_call)
+        if decision.masked:
+            masked = await self._masked(data, record, decision, since, during_call)
+            reporting.report(self, masked, "masked", started=since, verdict=verdict, during_call=during_call)
+            return masked
+        if decision.failure is None:
+            status: reporting.Status = "flagged" if verdict.flagged else "allowed"
+            reporting.report(self, data, status, started=since, verdict=verdict, during_call=during_call)
         return data
 
     def _report_fallback(self, data: dict[str, Any], failure: Failure, since: float, during_call: bool) -> None:
         fallback = self.settings.unreachable_fallback
         reporting.report(self, data, fallback, started=since, failure=failure, during_call=during_call)
+
+    async def _masked(
+        self, data: dict[str, Any], record: Record, decision: Decision, since: float, during_call: bool
+    ) -> dict[str, Any]:
+        """``data`` with Akto's mask applied (``masking.py``); 400 when it cannot be."""
+        try:
+            masked, found = masking.masked_call(data, record, decision, during_call=during_call)
+        except masking.Unmappable as exc:
+            metrics.BLOCKED.inc()
+            self._remember_blocked(record.id)
+            log.info("akto blocked call_id=%s reason=%r", record.id, str(exc))
+            refused = dataclasses.replace(decision.verdict, reason=str(exc))
+            reporting.report(self, data, "blocked", started=since, verdict=refused, during_call=during_call)
+            await self._enqueuer.put(masking.refused_record(record, decision, str(exc), during_call=during_call))
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        metrics.MASKED.labels("request").inc()
+        self._masks.remember(record.id, "request", found)
+        log.info("akto masked call_id=%s", record.id)
+        return masked
+
+    async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any, response: Any) -> Any:
+        """Block mode with ``check_response: true``: check a response that is not streamed before the
+        client gets it (``response_check.py``)."""
+        if not self._responses.enabled:
+            return None
+        return await self._responses.checked(data, response)
+
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
+    ) -> AsyncGenerator[Any, None]:
+        """Block mode with ``check_response: true``: a stream passes as it comes and is checked once,
+        at its end; a block ends it with an error event instead of ``[DONE]``."""
+        chunks = self._responses.stream(response, request_data) if self._responses.enabled else response
+        async for chunk in chunks:
+            yield chunk
+
+    async def _record_refused(self, record: Record) -> None:
+        """The one record of a call whose response was refused: LiteLLM's own success or failure
+        record of it is dropped."""
+        self._remember_blocked(record.id)
+        self._discarded[record.id] = None
+        if len(self._discarded) > BLOCKED_MEMORY:
+            self._discarded.popitem(last=False)
+        await self._enqueuer.put(self._masks.tagged(record))
 
     def _unreachable(self, call_id: str, failure: Failure, data: dict[str, Any]) -> dict[str, Any]:
         """Akto gave no verdict (unreachable, an error, an unreadable body, its own fail-open)."""
@@ -329,7 +389,7 @@ class AktoGuardrail(CustomGuardrail):
         record = capture.built_or_logged(build, kwargs)
         if record is None:
             return
-        await self._enqueuer.put(record)
+        await self._enqueuer.put(self._masks.tagged(record))
 
 
 __all__ = ["AktoGuardrail", "ConfigError"]

@@ -41,3 +41,7 @@ _policy_label = PolicyLabels()
 
 def count_violation(action: str, verdict: Verdict) -> None:
     VIOLATIONS.labels(action, severity_label(verdict.severity), _policy_label(verdict.policy)).inc()
+
+
+# side: request (what the LLM gets) or response (what the client gets, check_response).
+MASKED = Counter("akto_hook_masked", "Requests and responses Akto masked and the hook applied the mask to", ["side"])

@@ -76,6 +76,7 @@ COUNTERS = {
     "akto_hook_blocked_total",
     "akto_hook_fallback_total",
     "akto_hook_violations_total",
+    "akto_hook_masked_total",
 }
 HISTOGRAMS = {"akto_worker_akto_request_seconds", "akto_hook_check_seconds"}
 GAUGES = {"akto_worker_queue_backlog"}
@@ -85,6 +86,7 @@ LABEL_VALUES = {
     "decision": {"fail_open", "fail_closed"},
     "action": {"blocked", "flagged"},
     "severity": {"critical", "high", "medium", "low", "info", "none", "other"},
+    "side": {"request", "response"},
 }
 
 

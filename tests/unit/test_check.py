@@ -321,3 +321,25 @@ def test_system_instructions_content_parts_and_tool_results_are_in_the_split_tex
     assert any(r == "user" and "tool said" in c for r, c in chunks)
     assert any(r == "assistant" and '"tool_use"' in c for r, c in chunks)
     assert not any("sha256" in c for _, c in chunks), "an attachment's summary is no text to check"
+
+
+async def test_a_mask_comes_back_with_the_payload_it_rewrote(checker: InlineCheck, fake_akto: FakeAkto) -> None:
+    fake_akto.configure(masks={"4111": "[N]"})
+    decision = await checker.check(record(request("card 4111")))
+    assert decision.masked and not decision.blocks and decision.parts == 1
+    (mask,) = decision.masks
+    assert "card 4111" in mask.sent and "card [N]" in mask.masked
+    assert mask.sent.replace("4111", "[N]") == mask.masked
+
+
+async def test_masks_of_a_long_prompt_come_back_from_each_part(checker: InlineCheck, fake_akto: FakeAkto) -> None:
+    fake_akto.configure(masks={"4111": "[N]"})
+    decision = await checker.check(record(request(prose(330 * KIB), "card 4111")))
+    assert decision.parts == 2 and decision.masked
+    assert [("card [N]" in m.masked) for m in decision.masks] == [True]
+
+
+async def test_a_block_wins_over_a_mask(checker: InlineCheck, fake_akto: FakeAkto) -> None:
+    fake_akto.configure(masks={"4111": "[N]"})
+    decision = await checker.check(record(request(prose(330 * KIB), "card 4111", INJECTION)))
+    assert decision.blocks and not decision.masked

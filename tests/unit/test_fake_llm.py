@@ -83,3 +83,19 @@ async def test_answers_the_responses_api_streamed_or_not(client: TestClient[Any,
     assert events[-1]["response"]["output"][0]["content"][0]["text"] == "The answer"
     requests = await (await client.get("/_admin/requests")).json()
     assert requests["served"] == 2
+
+
+async def test_answers_the_responses_api_plain_and_streamed_echoing_the_input(client: TestClient[Any, Any]) -> None:
+    await client.post("/_admin/config", json={"echo": True})
+    items = [{"role": "user", "content": [{"type": "input_text", "text": "Echo me"}]}]
+    for value in ("Echo me", items):
+        resp = await client.post("/v1/responses", json={"model": "m", "input": value})
+        body = await resp.json()
+        assert body["object"] == "response" and body["status"] == "completed"
+        assert body["output"][0]["content"][0]["text"] == "Echo me"
+    resp = await client.post("/v1/responses", json={"model": "m", "input": "Echo me", "stream": True})
+    data = [json.loads(line[6:]) for line in (await resp.text()).splitlines() if line.startswith("data: ")]
+    assert data[0]["type"] == "response.created"
+    assert data[-1]["type"] == "response.completed"
+    assert "".join(d["delta"] for d in data if d["type"] == "response.output_text.delta") == "Echo me"
+    assert [d["sequence_number"] for d in data] == list(range(len(data)))

@@ -377,3 +377,35 @@ async def test_reporting_never_decides_a_request(
     data = chat("hello", "call-report-bug")
     assert await pre_call(guard, data) is data
     assert "akto check could not be reported to LiteLLM call_id=call-report-bug" in caplog.text
+
+
+def test_check_response_is_off_by_default_and_read_from_config_or_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build(**GOOD).settings.check_response is False
+    assert build(**GOOD, check_response=True).settings.check_response is True
+    monkeypatch.setenv("AKTO_CHECK_RESPONSE", "true")
+    assert build(**GOOD).settings.check_response is True
+    monkeypatch.setenv("AKTO_CHECK_RESPONSE", "maybe")
+    with pytest.raises(ConfigError, match="check_response"):
+        build(**GOOD)
+
+
+@pytest.mark.parametrize(
+    ("params", "warns"),
+    [
+        ({"event_hook": ["pre_call", "post_call"]}, False),
+        ({"event_hook": ["pre_call"]}, True),
+        ({"event_hook": ["post_call"], "on_flagged": "monitor"}, True),
+    ],
+)
+def test_check_response_without_block_and_post_call_warns(
+    params: dict[str, Any], warns: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    logger = logging.getLogger("akto_hook")
+    logger.addHandler(caplog.handler)
+    try:
+        AktoGuardrail(**{**BASE, **params}, **GOOD, check_response=True)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert ("responses are not checked" in caplog.text) is warns

@@ -1,0 +1,230 @@
+"""The opt-in response check of block mode (``check_response: true``).
+
+A response that is not streamed is checked before LiteLLM returns it: a block verdict answers 400
+with Akto's reason, a mask is applied to the response in place (or, when it cannot be, blocks), and
+a check that gets no verdict goes to ``unreachable_fallback`` as the request check does (503 when it
+fails closed).
+
+A streamed response reaches the client as it comes; its text is assembled on the way and checked
+once, at its end. A block, a mask (a text already sent cannot be masked) or a fail-closed fallback
+then ends the stream with an error event: on chat completions ``data: {"error": ...}`` instead of
+``[DONE]``; on the Responses API ``response.failed`` instead of ``response.completed`` (which is held
+back until the check is done).
+
+The call keeps one record: a blocked response's record is written here (status 400, Akto's reason,
+``blocked_on: response``), and the guardrail drops LiteLLM's own success or failure record of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from fastapi import HTTPException
+
+from akto_ingest.akto_client import AktoClient
+from akto_ingest.config import AktoSettings, HookSettings
+from akto_ingest.errors import RecordTooLarge
+from akto_ingest.record import Record
+from akto_ingest.wire import Verdict, encode, envelope
+
+from . import capture, masking, metrics
+from .check import Failure, ask, fallback_passes
+
+log = logging.getLogger("akto_hook")
+
+TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
+STREAM_MASK_REASON = "Akto masked the response, and a streamed response cannot be masked once it was sent"
+
+
+class StreamRefused(Exception):
+    """Ends a stream with an error event: LiteLLM's stream generator turns an exception that is not an
+    ``HTTPException`` into ``data: {"error": ...}`` (using ``message``, ``type`` and ``status_code``)
+    and sends no ``[DONE]`` after it."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.type = "invalid_request_error" if status_code == 400 else "service_unavailable"
+        self.param = None
+
+
+class Refused(Exception):
+    """The response may not pass: ``status`` and ``message`` are what the client gets."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ResponseCheck:
+    """Checks LLM responses inline; ``blocked`` writes a blocked call's one record."""
+
+    def __init__(
+        self,
+        client: AktoClient,
+        akto: AktoSettings,
+        settings: HookSettings,
+        blocked: Callable[[Record], Awaitable[None]],
+        masks: masking.MaskedCalls,
+    ) -> None:
+        self._client = client
+        self._akto = akto
+        self._settings = settings
+        self._blocked = blocked
+        self._masks = masks
+
+    @property
+    def enabled(self) -> bool:
+        return self._settings.check_response and self._settings.on_flagged == "block"
+
+    async def checked(self, data: dict[str, Any], response: Any) -> Any:
+        """A response that is not streamed: returned (masked in place where Akto masked it), or an
+        ``HTTPException`` with what the client gets instead."""
+        body = _body(response)
+        if body is None:
+            return response
+        try:
+            changes = await self._verdict(data, body)
+            masking.apply_to_object(response, changes)
+        except masking.Unmappable as exc:
+            reason = f"Akto masked the response, and the mask cannot be applied: {exc}"
+            await self._refuse(data, body, reason)
+            raise HTTPException(status_code=400, detail=reason) from None
+        except Refused as exc:
+            raise HTTPException(status_code=exc.status, detail=exc.message) from None
+        if changes:
+            self._masked(data)
+        return response
+
+    async def stream(self, chunks: AsyncIterator[Any], data: dict[str, Any]) -> AsyncIterator[Any]:
+        """Pass a stream through as it comes, then check its assembled text once, at its end."""
+        texts: dict[int, list[str]] = {}
+        # A Responses API stream's terminal event is held until the check is done: LiteLLM reports a
+        # failure on such a stream only before that event (as ``response.failed``).
+        terminal: list[Any] = []
+        async for chunk in chunks:
+            _collect(chunk, texts)
+            if getattr(chunk, "type", None) in TERMINAL_EVENTS:
+                terminal.append(chunk)
+                continue
+            for held in terminal:
+                yield held
+            terminal.clear()
+            yield chunk
+        if texts:
+            await self._check_stream(data, texts)
+        for held in terminal:
+            yield held
+
+    async def _check_stream(self, data: dict[str, Any], texts: dict[int, list[str]]) -> None:
+        body = {
+            "object": "chat.completion",
+            "model": data.get("model"),
+            "choices": [
+                {"index": index, "message": {"role": "assistant", "content": "".join(parts)}}
+                for index, parts in sorted(texts.items())
+            ],
+        }
+        try:
+            masked = bool(await self._verdict(data, body))
+        except Refused as exc:
+            raise StreamRefused(exc.message, exc.status) from None
+        except masking.Unmappable:
+            masked = True
+        if masked:
+            await self._refuse(data, body, STREAM_MASK_REASON)
+            raise StreamRefused(STREAM_MASK_REASON, 400)
+
+    async def _verdict(self, data: dict[str, Any], body: dict[str, Any]) -> list[masking.Change]:
+        """Ask Akto about ``body``; the changes its mask makes (none when it allows), or
+        :class:`Refused`. A block writes the blocked record."""
+        record = self._masks.applied(capture.from_request(data, "block")).model_copy(update={"response_body": body})
+        try:
+            encoded = _encoded(record, self._akto)
+        except RecordTooLarge as exc:
+            result: Verdict | Failure = Failure("too_large", str(exc))
+        else:
+            result = await ask(self._client, encoded, response=True)
+        if isinstance(result, Failure):
+            if fallback_passes(result, self._settings.unreachable_fallback, record.id):
+                return []
+            status = 413 if result.reason == "too_large" else 503
+            raise Refused(status, f"Akto guardrail could not check the response: {result.message}")
+        if result.blocks:
+            reason = result.reason or "Blocked by Akto guardrail"
+            await self._refuse(data, body, reason)
+            raise Refused(400, reason)
+        if result.flagged:
+            log.warning(
+                "akto flagged the response call_id=%s reason=%r behaviour=%s (not blocking)",
+                record.id,
+                result.reason,
+                result.behaviour,
+            )
+        if result.modified_payload is None:
+            return []
+        sent = orjson.loads(orjson.loads(encoded)["responsePayload"])
+        return masking.changes(sent, masking.decode_payload(result.modified_payload))
+
+    async def _refuse(self, data: dict[str, Any], body: dict[str, Any], reason: str) -> None:
+        record = capture.from_request(data, "block")
+        metrics.BLOCKED.inc()
+        log.info("akto blocked the response call_id=%s reason=%r", record.id, reason)
+        update: dict[str, Any] = {
+            "status_code": 400,
+            "blocked_reason": reason,
+            "metadata": {**record.metadata, "blocked_on": "response"},
+        }
+        await self._blocked(record.model_copy(update=update))
+
+    def _masked(self, data: dict[str, Any]) -> None:
+        call_id = str(data.get("litellm_call_id"))
+        metrics.MASKED.labels("response").inc()
+        self._masks.remember(call_id, "response")
+        log.info("akto masked the response call_id=%s", call_id)
+
+
+def _encoded(record: Record, akto: AktoSettings) -> bytes:
+    try:
+        body = envelope(record, akto)
+    except TypeError:
+        # orjson refuses text JSON cannot hold; check what can be checked.
+        record = record.repaired()
+        body = envelope(record, akto)
+    try:
+        return encode(body)
+    except RecordTooLarge:
+        # A long prompt must not stop the response check: the response is what is checked here.
+        short = {"model": record.request_body.get("model"), "note": "request omitted: over Akto's size limits"}
+        return encode(envelope(record.model_copy(update={"request_body": short}), akto))
+
+
+def _body(response: Any) -> dict[str, Any] | None:
+    if isinstance(response, Mapping):
+        return dict(response)
+    dump = getattr(response, "model_dump", None)
+    if callable(dump):
+        body = dump()
+        return body if isinstance(body, dict) else None
+    return None
+
+
+def _collect(chunk: Any, texts: dict[int, list[str]]) -> None:
+    """Add a chunk's text to ``texts`` (by choice): chat completion deltas, or the Responses API's
+    ``response.output_text.delta`` events."""
+    choices = getattr(chunk, "choices", None)
+    if isinstance(choices, list):
+        for choice in choices:
+            content = getattr(getattr(choice, "delta", None), "content", None)
+            if isinstance(content, str) and content:
+                texts.setdefault(int(getattr(choice, "index", 0) or 0), []).append(content)
+        return
+    if getattr(chunk, "type", None) == "response.output_text.delta":
+        delta = getattr(chunk, "delta", None)
+        if isinstance(delta, str) and delta:
+            texts.setdefault(0, []).append(delta)

@@ -1,0 +1,126 @@
+"""The opt-in response check (``akto_hook.response_check``) against the in-process fake Akto."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from fastapi import HTTPException
+from litellm.types.utils import Delta, ModelResponse, ModelResponseStream, StreamingChoices
+
+from akto_hook import masking
+from akto_hook.response_check import ResponseCheck, StreamRefused
+from akto_ingest.akto_client import AktoClient
+from akto_ingest.config import HookSettings
+from akto_ingest.record import Record
+from tests.fake_akto import FakeAkto
+
+from .conftest import akto_settings
+
+DATA = {"litellm_call_id": "call-1", "model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def completion(text: str) -> ModelResponse:
+    return ModelResponse(choices=[{"index": 0, "message": {"role": "assistant", "content": text}}])
+
+
+CLIENTS: list[AktoClient] = []
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def close_clients() -> AsyncIterator[None]:
+    yield
+    while CLIENTS:
+        await CLIENTS.pop().close()
+
+
+def checker(akto: FakeAkto, blocked: list[Record], **settings: Any) -> ResponseCheck:
+    hook = HookSettings.load({"check_response": True, **settings}, env={})
+
+    async def record(record: Record) -> None:
+        blocked.append(record)
+
+    settings_ = akto_settings(akto.url)
+    CLIENTS.append(AktoClient(settings_, timeout=2))
+    return ResponseCheck(CLIENTS[-1], settings_, hook, record, masking.MaskedCalls())
+
+
+async def stream_of(*texts: str) -> AsyncIterator[Any]:
+    for text in texts:
+        yield ModelResponseStream(choices=[StreamingChoices(index=0, delta=Delta(content=text))])
+
+
+async def drain(chunks: AsyncIterator[Any]) -> list[Any]:
+    return [chunk async for chunk in chunks]
+
+
+async def test_a_clean_response_passes_unchanged(fake_akto: FakeAkto) -> None:
+    blocked: list[Record] = []
+    response = completion("All fine")
+    assert await checker(fake_akto, blocked).checked(dict(DATA), response) is response
+    assert response.choices[0].message.content == "All fine"
+    (check,) = fake_akto.records
+    assert check.query.get("response_guardrails") == "true" and "guardrails" not in check.query
+    assert not check.ingested and blocked == []
+
+
+async def test_a_blocked_response_raises_400_and_writes_the_blocked_record(fake_akto: FakeAkto) -> None:
+    blocked: list[Record] = []
+    with pytest.raises(HTTPException) as raised:
+        await checker(fake_akto, blocked).checked(dict(DATA), completion("my ssn is 1"))
+    assert (raised.value.status_code, raised.value.detail) == (400, "PII detected")
+    (record,) = blocked
+    assert record.status_code == 400 and record.blocked_reason == "PII detected"
+    assert record.metadata["blocked_on"] == "response"
+
+
+@pytest.mark.parametrize(("fallback", "passes"), [("fail_open", True), ("fail_closed", False)])
+async def test_no_verdict_goes_to_unreachable_fallback(fake_akto: FakeAkto, fallback: str, passes: bool) -> None:
+    fake_akto.configure(status=503)
+    check = checker(fake_akto, [], unreachable_fallback=fallback)
+    response = completion("my ssn is 1")
+    if passes:
+        assert await check.checked(dict(DATA), response) is response
+        assert await drain(check.stream(stream_of("a", "b"), dict(DATA)))
+        return
+    with pytest.raises(HTTPException) as raised:
+        await check.checked(dict(DATA), response)
+    assert raised.value.status_code == 503
+    with pytest.raises(StreamRefused) as refused:
+        await drain(check.stream(stream_of("a", "b"), dict(DATA)))
+    assert refused.value.status_code == 503
+
+
+async def test_a_stream_passes_as_it_comes_and_is_checked_once_assembled(fake_akto: FakeAkto) -> None:
+    blocked: list[Record] = []
+    check = checker(fake_akto, blocked)
+    seen: list[Any] = []
+    with pytest.raises(StreamRefused) as refused:
+        async for chunk in check.stream(stream_of("my s", "sn is", " 1"), dict(DATA)):
+            seen.append(chunk)
+    assert len(seen) == 3, "every chunk went out before the check"
+    assert (refused.value.message, refused.value.status_code, refused.value.type) == (
+        "PII detected",
+        400,
+        "invalid_request_error",
+    )
+    (check_record,) = fake_akto.records
+    assert "my ssn is 1" in check_record.body["responsePayload"]
+    assert blocked[0].blocked_reason == "PII detected"
+
+
+async def test_a_masked_stream_is_refused(fake_akto: FakeAkto) -> None:
+    fake_akto.configure(masks={"secret": "[X]"})
+    blocked: list[Record] = []
+    with pytest.raises(StreamRefused, match="cannot be masked once it was sent"):
+        await drain(checker(fake_akto, blocked).stream(stream_of("a secret"), dict(DATA)))
+    assert len(blocked) == 1
+
+
+async def test_a_masked_response_is_masked_in_place(fake_akto: FakeAkto) -> None:
+    fake_akto.configure(masks={"secret": "[X]"})
+    response = completion("a secret here")
+    assert await checker(fake_akto, []).checked(dict(DATA), response) is response
+    assert response.choices[0].message.content == "a [X] here"
