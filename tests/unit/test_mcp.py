@@ -280,6 +280,22 @@ async def test_a_benign_tool_call_passes_unchanged_and_its_result_is_recorded(
     assert record.response_body["result"]["content"] == [{"type": "text", "text": "hello"}]
 
 
+async def test_a_masked_tool_call_is_refused_never_passed_unmasked_and_recorded_once(
+    guard_for: Callable[..., Awaitable[AktoGuardrail]], fake_akto: FakeAkto, real_redis: Redis, queue_name: str
+) -> None:
+    # Masks cannot be mapped onto a tool's arguments here, so the call must not run as it was.
+    guard = await guard_for(BLOCK_MODE)
+    fake_akto.configure(masks={"4111-1111": "[CARD]"})
+    with pytest.raises(HTTPException) as refused:
+        await guard.async_pre_call_hook(None, None, pre_call_data("card 4111-1111"), "call_mcp_tool")
+    assert refused.value.status_code == 400
+    assert "Akto masked this request, and the mask cannot be applied" in str(refused.value.detail)
+    await guard.async_log_failure_event(log_kwargs("card 4111-1111", exception=refused.value), None, None, None)
+    (record,) = await queued(real_redis, queue_name)
+    assert (record.id, record.path, record.status_code) == (CALL_ID, "/mcp", 400)
+    assert "4111-1111" not in record.to_json()
+
+
 async def test_a_flagged_listed_tool_is_refused_and_not_recorded(
     guard_for: Callable[..., Awaitable[AktoGuardrail]], fake_akto: FakeAkto, real_redis: Redis, queue_name: str
 ) -> None:
