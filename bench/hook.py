@@ -214,8 +214,9 @@ def _judge(section: Section, results: dict[str, Timing]) -> None:
     section.notes += [
         "CPU ms is the bench process's CPU time per operation (time.process_time): what the hook adds to "
         f"LiteLLM's event loop per record. One record, captured and put alone: {one.cpu_s / one.n * 1000:.3f} ms "
-        "(most of it redis-py's command path and the event loop's wake-ups; building and serialising the "
-        "record is a few µs).",
+        "(most of it the socket calls and the event loop's wake-ups; building and serialising the "
+        "record is about 15 µs). `python -m bench.instructions` counts the same work in instructions "
+        "with callgrind, which other load on the machine does not move.",
         "Redis CPU ms/rec is the Redis server's CPU time per record written (from /proc): concurrent puts "
         "are group-committed into one RPUSH, so it falls with concurrency.",
     ]

@@ -12,6 +12,7 @@ from types import TracebackType
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from .config import AktoSettings
 from .errors import AktoBadResponse, AktoHTTPError, AktoUnreachable
@@ -39,6 +40,8 @@ class AktoClient:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Each endpoint-and-flags URL parsed once: block mode posts one per request.
+        self._urls: dict[tuple[str, ...], URL] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -48,13 +51,20 @@ class AktoClient:
             self._loop = loop
         return self._session
 
+    def _url(self, path: str, params: dict[str, str] | None) -> URL:
+        key = (path, *(f"{k}={v}" for k, v in (params or {}).items()))
+        url = self._urls.get(key)
+        if url is None:
+            url = self._urls[key] = URL(self._base + path).extend_query(params or {})
+        return url
+
     async def _post(
         self, path: str, data: bytes, params: dict[str, str] | None = None, time_limit: float | None = None
     ) -> tuple[int, bytes]:
         session = self._get_session()
         limit = self._timeout if time_limit is None else aiohttp.ClientTimeout(total=time_limit)
         try:
-            async with session.post(self._base + path, data=data, params=params, timeout=limit) as resp:
+            async with session.post(self._url(path, params), data=data, timeout=limit) as resp:
                 return resp.status, await resp.read()
         except TimeoutError:
             raise AktoUnreachable(f"no answer from Akto within {limit.total}s") from None

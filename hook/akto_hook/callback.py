@@ -99,8 +99,6 @@ class _Writer:
         self._make_enqueuer = make_enqueuer
         self._enqueue_timeout = enqueue_timeout
         self._undelivered = False
-        # Built here, in the caller's thread, so a bad spool folder fails at construction.
-        self._enqueuer = make_enqueuer()
         self._loop = asyncio.new_event_loop()
         self._loop.set_default_executor(_ExitSafeExecutor(thread_name_prefix="akto-hook-writer-io"))
         self._lock = threading.Lock()
@@ -111,7 +109,28 @@ class _Writer:
         # when Python 3.12+ refuses to start threads.
         self._thread = threading.Thread(target=self._run, name="akto-hook-writer", daemon=True)
         self._thread.start()
+        self._enqueuer = self._build_on_loop(make_enqueuer)
         atexit.register(self.flush_at_exit)
+
+    def _build_on_loop(self, make_enqueuer: Callable[[], Enqueuer]) -> Enqueuer:
+        """Build the Enqueuer on the writer's loop, waiting for it so a bad spool folder fails here.
+
+        Never on the caller's loop: the proxy builds its loggers while its own loop runs, and an
+        Enqueuer built there starts its tasks on that loop, then writes from this one. Two loops then
+        share its Redis connections and events; a push Redis took fails on the wrong loop, is spooled
+        and replayed, and Akto gets the record twice.
+        """
+
+        async def build() -> Enqueuer:
+            return make_enqueuer()
+
+        try:
+            return asyncio.run_coroutine_threadsafe(build(), self._loop).result()
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+            raise
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)

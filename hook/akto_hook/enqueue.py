@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from akto_ingest.connections import redis_client
-from akto_ingest.queue import push
 from akto_ingest.record import Record
 
 from .recovery import Recovery, State
+from .rpush import Pusher
 from .spool import Spool
 from .supervise import supervised
 from .writer import GroupWriter
@@ -46,6 +46,7 @@ class Enqueuer:
         self._timeout = timeout
         self._redis = redis_client(redis_url, socket_connect_timeout=max(timeout, 1), socket_timeout=None)
         self._spool = Spool(spool_dir, spool_max_bytes)
+        self._pusher = Pusher(self._redis, queue)
         self._writer = GroupWriter(self._push, timeout, self._redis_failed)
         owner = f"{socket.gethostname()}:{os.getpid()}"
         self._recovery = Recovery(self._redis, queue, self._spool, self._writer, self._push, owner)
@@ -111,7 +112,7 @@ class Enqueuer:
         await self._push_many(lines)
 
     async def _push_many(self, lines: list[str]) -> None:
-        await push(self._redis, self._queue, lines)
+        await self._pusher(lines)
 
     async def close(self) -> None:
         """Flush the group in flight and the spool to disk, stop the tasks. Safe to call twice."""

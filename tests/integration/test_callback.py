@@ -138,10 +138,6 @@ def test_callbacks_records_a_failed_call_with_its_status(cstack: CallbackStack) 
     assert success["body"]["statusCode"] == "200"
 
 
-@pytest.mark.skip(
-    reason="known flake: under load the proxy registered in both success_callback and failure_callback "
-    "once delivered a success twice and once dropped the connection; not yet diagnosed"
-)
 def test_shipped_example_records_successes_and_failures(cstack: CallbackStack) -> None:
     proxy = cstack.proxies["example"]
     ok, failed = proxy.chat("Hello, example"), proxy.chat("Hello, broken", model="broken")

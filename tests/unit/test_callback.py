@@ -4,15 +4,22 @@ tests/integration/test_callback.py (real proxies, SDK scripts, a real worker).""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from akto_hook import AktoLogger, ConfigError
-from akto_hook.callback import _ExitSafeExecutor
+from akto_hook.callback import _ExitSafeExecutor, _Writer
+from akto_hook.enqueue import Enqueuer
+from akto_ingest.queue import inbox_key
+from tests.unit.conftest import REAL_REDIS_URL, RecordFactory
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD_ENV = {"AKTO_GUARDRAIL_API_BASE": "http://127.0.0.1:9", "AKTO_API_KEY": "k"}
@@ -87,3 +94,22 @@ def test_writer_executor_runs_work_inline_once_pools_refuse_it() -> None:
     failing = executor.submit(int, "not a number")
     with pytest.raises(ValueError):
         failing.result()
+
+
+async def test_logger_built_on_a_running_loop_writes_each_record_once(
+    real_redis: Redis, queue_name: str, tmp_path: Path, make_record: RecordFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As on the proxy, which builds its loggers while its own event loop runs, and keeps it running.
+    caplog.set_level(logging.ERROR, logger="akto_hook")
+    spool = tmp_path / "spool"
+    writer = _Writer(lambda: Enqueuer(REAL_REDIS_URL, queue_name, 2.0, spool, 1 << 20), enqueue_timeout=2.0)
+    await asyncio.sleep(0.1)  # the caller's loop runs whatever the construction scheduled on it
+    ids = [f"call-{i}" for i in range(5)]
+    for call_id in ids:
+        writer.submit(make_record(id=call_id, mode="monitor"))
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(writer.close, 5.0)
+    queued = [json.loads(raw)["id"] for raw in await real_redis.lrange(inbox_key(queue_name), 0, -1)]  # type: ignore[misc]
+    assert queued == ids
+    assert not list(spool.glob("*.jsonl")), "Redis was up: nothing is spooled"
+    assert [r.getMessage() for r in caplog.records] == []
