@@ -77,9 +77,13 @@ COUNTERS = {
     "akto_hook_fallback_total",
     "akto_hook_violations_total",
     "akto_hook_masked_total",
+    "akto_hook_spool_dropped_total",
+    "akto_hook_task_failures_total",
+    "akto_hook_capture_failures_total",
+    "akto_text_repaired_total",
 }
 HISTOGRAMS = {"akto_worker_akto_request_seconds", "akto_hook_check_seconds"}
-GAUGES = {"akto_worker_queue_backlog"}
+GAUGES = {"akto_worker_queue_backlog", "akto_hook_breaker_open"}
 ALLOWED_SERIES = COUNTERS | GAUGES | {f"{h}_{suffix}" for h in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
 LABEL_VALUES = {
     "state": {"ready", "deferred", "inbox"},
@@ -87,6 +91,7 @@ LABEL_VALUES = {
     "action": {"blocked", "flagged"},
     "severity": {"critical", "high", "medium", "low", "info", "none", "other"},
     "side": {"request", "response"},
+    "task": {"writer", "spool", "recovery"},
 }
 
 
@@ -639,6 +644,22 @@ def test_dashboard_promql_uses_only_project_metrics(dashboard):
         for s in seen
     }
     assert base == COUNTERS | GAUGES | HISTOGRAMS, (COUNTERS | GAUGES | HISTOGRAMS) - base
+
+
+def test_the_metric_lists_are_what_the_code_exports():
+    # The lists above drive the dashboard and alert checks; a metric added in code must join them.
+    import importlib
+
+    from prometheus_client import REGISTRY
+
+    for module in ("akto_hook.metrics", "akto_ingest.record", "akto_worker.metrics"):
+        importlib.import_module(module)
+    exported = {
+        f"{family.name}_total" if family.type == "counter" else family.name
+        for family in REGISTRY.collect()
+        if family.name.startswith("akto_")
+    }
+    assert exported == COUNTERS | GAUGES | HISTOGRAMS
 
 
 def test_promql_check_rejects_foreign_metrics():
