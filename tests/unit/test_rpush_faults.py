@@ -1,0 +1,175 @@
+"""The hook's kept RPUSH connection under faults: a push cut short by ``enqueue_timeout``, a write
+backed up when the timeout fires, error replies, a demoted primary. A reply is only ever taken for
+the push it answers: no record is believed written that was refused, and none is lost."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import pytest_asyncio
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
+
+from akto_hook.rpush import Pusher
+from akto_ingest.connections import redis_client
+
+from .fake_resp import Answer, FakeResp, Reply
+
+TIMEOUT = 0.05  # enqueue_timeout's default; the writer bounds every push with it
+
+Serve = Callable[..., Awaitable[FakeResp]]
+
+
+@pytest_asyncio.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """``await serve(answer, **FakeResp fields)`` -> a started fake Redis; stopped after the test."""
+    servers: list[FakeResp] = []
+
+    async def start(answer: Answer, **fields: dict[int, float]) -> FakeResp:
+        server = FakeResp(answer, **fields)  # type: ignore[arg-type]
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+def pusher_for(server: FakeResp) -> Pusher:
+    # The Enqueuer's own client settings.
+    return Pusher(redis_client(server.url, socket_connect_timeout=1, socket_timeout=None), "q")
+
+
+def ok(count: int) -> Reply:
+    return 0.0, b":%d\r\n" % count
+
+
+def refused(values: list[bytes]) -> Reply | None:
+    """A push of ``refused`` is answered with an error: it tells a stale reply from its own."""
+    return (0.0, b"-ERR refused by the test\r\n") if values == [b"refused"] else None
+
+
+async def bounded(pusher: Pusher, lines: list[str]) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        await pusher(lines)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the fake Redis never got there")
+
+
+async def test_a_reply_that_comes_after_the_timeout_is_not_taken_for_the_next_push(serve: Serve) -> None:
+    def answer(connection: int, index: int, values: list[bytes]) -> Reply:
+        if values == [b"late"]:
+            return 0.3, b":2\r\n"  # the server took it, but answers after the hook gave up
+        return refused(values) or ok(index + 1)
+
+    server = await serve(answer)
+    pusher = pusher_for(server)
+    try:
+        await pusher(["warm"])
+        with pytest.raises(TimeoutError):
+            await bounded(pusher, ["late"])
+        await until(lambda: server.answered == 2)  # the late ":2" is on its way back
+        with pytest.raises(ResponseError, match="refused by the test"):
+            await pusher(["refused"])
+        await pusher(["after"])
+        assert [p.values for p in server.accepted][-1] == [b"after"]
+    finally:
+        await pusher._redis.aclose()
+
+
+async def test_a_write_cut_short_by_the_timeout_leaves_no_half_command_for_the_next_push(serve: Serve) -> None:
+    # After the first push the server stops reading that socket, so a large write backs up.
+    server = await serve(lambda connection, index, values: refused(values) or ok(index + 1), stall_after={0: 1.0})
+    pusher = pusher_for(server)
+    try:
+        await pusher(["warm"])
+        with pytest.raises(TimeoutError):
+            await bounded(pusher, ["x" * (32 * 1024 * 1024)])
+        with pytest.raises(ResponseError, match="refused by the test"):
+            await pusher(["refused"])
+        await pusher(["after"])
+        assert server.accepted[-1].values == [b"after"]
+        assert server.accepted[-1].connection != server.accepted[0].connection
+    finally:
+        await pusher._redis.aclose()
+
+
+async def test_a_push_cancelled_while_its_reply_is_unread_leaves_none_for_the_next(serve: Serve) -> None:
+    def answer(connection: int, index: int, values: list[bytes]) -> Reply:
+        return (5.0, b":9\r\n") if values == [b"slow"] else refused(values) or ok(index + 1)
+
+    server = await serve(answer)
+    pusher = pusher_for(server)
+    try:
+        await pusher(["warm"])
+        task = asyncio.ensure_future(pusher(["slow"]))
+        await until(lambda: len(server.pushes) == 2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with pytest.raises(ResponseError, match="refused by the test"):
+            await pusher(["refused"])
+        await pusher(["after"])
+        assert server.accepted[-1].values == [b"after"]
+    finally:
+        await pusher._redis.aclose()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        b"-WRONGTYPE Operation against a key holding the wrong kind of value",
+        b"-OOM command not allowed when used memory > 'maxmemory'.",
+        b"-READONLY You can't write against a read only replica.",
+        b"-NOAUTH Authentication required.",
+        b"-LOADING Redis is loading the dataset in memory",
+        b"-MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
+    ],
+)
+async def test_an_error_reply_fails_the_push_and_the_next_push_gets_its_own_reply(serve: Serve, error: bytes) -> None:
+    def answer(connection: int, index: int, values: list[bytes]) -> Reply:
+        if values == [b"bad"]:
+            return 0.0, error + b"\r\n"
+        return refused(values) or ok(index + 1)
+
+    server = await serve(answer)
+    pusher = pusher_for(server)
+    try:
+        await pusher(["warm"])
+        with pytest.raises(RedisError):
+            await pusher(["bad"])
+        with pytest.raises(ResponseError, match="refused by the test"):
+            await pusher(["refused"])
+        await pusher(["after"])
+        assert [p.values for p in server.accepted] == [[b"warm"], [b"after"]]
+    finally:
+        await pusher._redis.aclose()
+
+
+async def test_a_connection_to_a_demoted_primary_is_replaced(serve: Serve) -> None:
+    # A failover behind one address (DNS or a load balancer): the connection made before it reaches
+    # the old primary, now a replica, which refuses writes; a new connection reaches the new primary.
+    def answer(connection: int, index: int, values: list[bytes]) -> Reply:
+        if connection == 0 and index > 0:
+            return 0.0, b"-READONLY You can't write against a read only replica.\r\n"
+        return ok(index + 1)
+
+    server = await serve(answer)
+    pusher = pusher_for(server)
+    try:
+        await pusher(["warm"])
+        with pytest.raises(ReadOnlyError):
+            await pusher(["refused by the old primary"])
+        await pusher(["after"])
+        assert server.accepted[-1].values == [b"after"]
+        assert server.accepted[-1].connection != 0
+    finally:
+        await pusher._redis.aclose()
