@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from redis.asyncio import Redis
 from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
+from akto_hook import recovery
+from akto_hook.enqueue import Enqueuer
 from akto_hook.rpush import Pusher
 from akto_ingest.connections import redis_client
+from akto_ingest.queue import inbox_key
+from akto_ingest.record import Record
 
+from .conftest import REAL_REDIS_URL
 from .fake_resp import Answer, FakeResp, Reply
 
 TIMEOUT = 0.05  # enqueue_timeout's default; the writer bounds every push with it
@@ -173,3 +180,50 @@ async def test_a_connection_to_a_demoted_primary_is_replaced(serve: Serve) -> No
         assert server.accepted[-1].connection != 0
     finally:
         await pusher._redis.aclose()
+
+
+def record(i: int) -> Record:
+    return Record(id=f"call-{i}", mode="monitor")
+
+
+async def test_records_refused_by_a_demoted_primary_are_spooled_then_reach_the_new_one(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recovery, "PROBE_INTERVAL_SECONDS", 0.05)
+
+    def answer(connection: int, index: int, values: list[bytes]) -> Reply:
+        if connection == 0 and index > 0:
+            return 0.0, b"-READONLY You can't write against a read only replica.\r\n"
+        return ok(index + 1)
+
+    server = await serve(answer)
+    enqueuer = Enqueuer(server.url, "q", 0.5, tmp_path, 10 * 1024 * 1024)
+    try:
+        assert await enqueuer.put(record(0)) is True
+        assert await enqueuer.put(record(1)) is False  # refused: spooled, not lost
+        for i in range(2, 5):
+            await enqueuer.put(record(i))
+        await until(lambda: not enqueuer.breaker_open and len(server.accepted) >= 2)
+        landed = [Record.from_json(v).id for p in server.accepted for v in p.values]
+        assert landed == [f"call-{i}" for i in range(5)]
+    finally:
+        await enqueuer.close()
+
+
+async def test_an_error_reply_spools_the_record_and_replays_it_once_redis_takes_it(
+    real_redis: Redis, queue_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recovery, "PROBE_INTERVAL_SECONDS", 0.05)
+    await real_redis.set(inbox_key(queue_name), "not a list")  # WRONGTYPE for every RPUSH
+    enqueuer = Enqueuer(REAL_REDIS_URL, queue_name, 0.5, tmp_path, 10 * 1024 * 1024)
+    try:
+        assert await enqueuer.put(record(0)) is False
+        assert enqueuer.breaker_open
+        await until(lambda: bool(list(tmp_path.glob("*.jsonl"))))  # on disk, for an operator to see
+        await real_redis.delete(inbox_key(queue_name))
+        await until(lambda: not enqueuer.breaker_open)
+        assert await enqueuer.put(record(1)) is True
+        raws = await real_redis.lrange(inbox_key(queue_name), 0, -1)  # type: ignore[misc]
+        assert [Record.from_json(raw).id for raw in raws] == ["call-0", "call-1"]
+    finally:
+        await enqueuer.close()
