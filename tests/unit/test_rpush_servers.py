@@ -89,7 +89,7 @@ async def pushed(url: str, lines: list[list[str]], between: Server | None = None
 async def inbox(url: str) -> list[bytes]:
     admin = Redis.from_url(url, socket_timeout=5)
     try:
-        return await admin.lrange(inbox_key("q"), 0, -1)  # type: ignore[misc,no-any-return]
+        return await admin.lrange(inbox_key("q"), 0, -1)
     finally:
         await admin.aclose()
 
