@@ -227,3 +227,25 @@ async def test_an_error_reply_spools_the_record_and_replays_it_once_redis_takes_
         assert [Record.from_json(raw).id for raw in raws] == ["call-0", "call-1"]
     finally:
         await enqueuer.close()
+
+
+async def test_a_push_redis_took_after_the_timeout_is_spooled_and_delivered_again_never_lost(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The documented duplicate window: Redis takes a group, the hook gives up before the reply.
+    monkeypatch.setattr(recovery, "PROBE_INTERVAL_SECONDS", 0.05)
+
+    def answer(connection: int, index: int, values: list[bytes]) -> Reply:
+        return (0.3, b":1\r\n") if index == 1 else ok(index + 1)
+
+    server = await serve(answer)
+    enqueuer = Enqueuer(server.url, "q", TIMEOUT, tmp_path, 10 * 1024 * 1024)
+    try:
+        assert await enqueuer.put(record(0)) is True
+        assert await enqueuer.put(record(1)) is False  # timed out: spooled
+        await until(lambda: len(server.accepted) == 3 and not enqueuer.breaker_open)  # replayed
+        assert await enqueuer.put(record(2)) is True
+        landed = [Record.from_json(v).id for p in server.accepted for v in p.values]
+        assert sorted(landed) == ["call-0", "call-1", "call-1", "call-2"]
+    finally:
+        await enqueuer.close()
