@@ -5,6 +5,8 @@ the push it answers: no record is believed written that was refused, and none is
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
 from akto_hook import recovery
-from akto_hook.enqueue import Enqueuer
+from akto_hook.enqueue import Enqueuer, close_all
 from akto_hook.rpush import Pusher
 from akto_ingest.connections import redis_client
 from akto_ingest.queue import inbox_key
@@ -182,6 +184,10 @@ async def test_a_connection_to_a_demoted_primary_is_replaced(serve: Serve) -> No
         await pusher._redis.aclose()
 
 
+def spooled_lines(folder: Path) -> list[str]:
+    return [line for path in folder.glob("*.jsonl") for line in path.read_text().splitlines() if line]
+
+
 def record(i: int) -> Record:
     return Record(id=f"call-{i}", mode="monitor")
 
@@ -249,3 +255,50 @@ async def test_a_push_redis_took_after_the_timeout_is_spooled_and_delivered_agai
         assert sorted(landed) == ["call-0", "call-1", "call-1", "call-2"]
     finally:
         await enqueuer.close()
+
+
+async def test_proxy_shutdown_closes_an_enqueuer_on_its_own_threads_loop(
+    real_redis: Redis, queue_name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The callback's Enqueuer lives on its writer thread's loop; the proxy's shutdown (close_all)
+    # runs on the proxy's loop while that thread may still be writing. Its connection must only
+    # ever be used from its own loop, and every record must end in Redis or the spool.
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    threads: set[int] = set()
+
+    async def build() -> Enqueuer:
+        enqueuer = Enqueuer(REAL_REDIS_URL, queue_name, 0.5, tmp_path, 10 * 1024 * 1024)
+        original = enqueuer._push_many
+
+        async def recording(lines: list[str]) -> None:
+            threads.add(threading.get_ident())
+            await original(lines)
+
+        enqueuer._push_many = recording  # type: ignore[method-assign]
+        return enqueuer
+
+    async def feed(enqueuer: Enqueuer) -> None:
+        puts = []
+        for i in range(300):
+            puts.append(asyncio.ensure_future(enqueuer.put(record(i))))
+            await asyncio.sleep(0)
+        await asyncio.gather(*puts)
+
+    try:
+        enqueuer = asyncio.run_coroutine_threadsafe(build(), loop).result(5)
+        feeding = asyncio.run_coroutine_threadsafe(feed(enqueuer), loop)
+        await until(lambda: bool(threads))
+        await close_all()
+        await asyncio.wrap_future(feeding)
+        assert threads == {thread.ident}
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+        raws = await real_redis.lrange(inbox_key(queue_name), 0, -1)  # type: ignore[misc]
+        spooled = spooled_lines(tmp_path)
+        ids = {Record.from_json(raw).id for raw in [*raws, *spooled]}
+        assert ids == {f"call-{i}" for i in range(300)}
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
