@@ -302,3 +302,25 @@ async def test_proxy_shutdown_closes_an_enqueuer_on_its_own_threads_loop(
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+async def test_a_push_while_another_is_in_flight_never_shares_its_connection(serve: Serve) -> None:
+    # The writer's push and a spool replay can overlap: each must read its own reply.
+    def answer(connection: int, index: int, values: list[bytes]) -> Reply:
+        return (0.2, b":1\r\n") if values == [b"slow"] else refused(values) or ok(index + 1)
+
+    server = await serve(answer)
+    pusher = pusher_for(server)
+    try:
+        await pusher(["warm"])
+        slow = asyncio.ensure_future(pusher(["slow"]))
+        await until(lambda: len(server.pushes) == 2)
+        with pytest.raises(ResponseError, match="refused by the test"):
+            await pusher(["refused"])
+        await pusher(["beside"])
+        await slow
+        by_value = {p.values[0]: p.connection for p in server.pushes}
+        assert by_value[b"slow"] == by_value[b"warm"] != by_value[b"beside"]
+        assert sorted(p.values[0] for p in server.accepted) == [b"beside", b"slow", b"warm"]
+    finally:
+        await pusher._redis.aclose()
