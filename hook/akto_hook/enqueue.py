@@ -185,9 +185,20 @@ def _close_at_proxy_shutdown(enqueuer: Enqueuer) -> None:
 async def close_all() -> None:
     """Close every live Enqueuer of this process (the proxy's shutdown calls this)."""
     enqueuers = list(_LIVE)
-    results = await asyncio.gather(*(e.close() for e in enqueuers), return_exceptions=True)
+    results = await asyncio.gather(*(_close_on_its_loop(e) for e in enqueuers), return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             log.error("akto enqueuer did not close cleanly: %r", result)
     if enqueuers:
         log.info("akto hook flushed its records at shutdown (%d enqueuer(s))", len(enqueuers))
+
+
+async def _close_on_its_loop(enqueuer: Enqueuer) -> None:
+    """Close on the loop the Enqueuer runs on. The callback's lives on its writer thread's loop; closed
+    from the proxy's, its flush took the writer's lock and connection from a second thread (the
+    writer's task then failed) and its tasks could not be awaited (shutdown stalled 10 s)."""
+    loop = enqueuer._loop
+    if loop is None or loop is asyncio.get_running_loop() or not loop.is_running():
+        await enqueuer.close()
+        return
+    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(enqueuer.close(), loop))

@@ -14,6 +14,7 @@ import asyncio
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from akto_ingest.queue import inbox_key, push
 
@@ -59,14 +60,23 @@ class Pusher:
         fresh = self._conn is None
         if self._conn is None:
             self._conn = await self._redis.connection_pool.get_connection()
+        conn = self._conn
         try:
-            await self._conn.send_packed_command(packed, check_health=False)
-            await self._conn.read_response()
-        except (RedisConnectionError, OSError):
-            if fresh:
-                raise
-            # The kept connection went stale while idle (Redis restarted, or closed it): redis-py
-            # probes for that at every checkout, we find out here; one more try on a new connection.
-            # redis-py has already disconnected it; sending reconnects.
-            await self._conn.send_packed_command(packed, check_health=False)
-            await self._conn.read_response()
+            try:
+                await conn.send_packed_command(packed, check_health=False)
+                await conn.read_response()
+            except (RedisConnectionError, OSError):
+                if fresh:
+                    raise
+                # The kept connection went stale while idle (Redis restarted, or closed it): redis-py
+                # probes for that at every checkout, we find out here; one more try on a new connection.
+                # redis-py has already disconnected it; sending reconnects.
+                await conn.send_packed_command(packed, check_health=False)
+                await conn.read_response()
+        except ResponseError:
+            # An error reply leaves the connection in step, but it may lead to a server that no longer
+            # takes writes: a primary demoted behind the same address (DNS, a load balancer) answers
+            # READONLY on every connection made before the failover. The next push connects anew.
+            # (A cancellation or a lost connection is disconnected by redis-py itself.)
+            await conn.disconnect(nowait=True)
+            raise
