@@ -157,7 +157,7 @@ class ResponseCheck:
             raise Refused(status, f"Akto guardrail could not check the response: {result.message}")
         if result.blocks:
             reason = result.reason or "Blocked by Akto guardrail"
-            await self._refuse(data, body, reason)
+            await self._refuse(data, body, reason, result)
             raise Refused(400, reason)
         if result.flagged:
             log.warning(
@@ -171,15 +171,32 @@ class ResponseCheck:
         sent = orjson.loads(orjson.loads(encoded)["responsePayload"])
         return masking.changes(sent, masking.decode_payload(result.modified_payload))
 
-    async def _refuse(self, data: dict[str, Any], body: dict[str, Any], reason: str) -> None:
+    async def _refuse(
+        self, data: dict[str, Any], body: dict[str, Any], reason: str, verdict: Verdict | None = None
+    ) -> None:
+        """Write the blocked record; ``verdict`` (Akto's block) adds its policy, rule and severity."""
         record = capture.from_request(data, "block")
         metrics.BLOCKED.inc()
-        log.info("akto blocked the response call_id=%s reason=%r", record.id, reason)
         update: dict[str, Any] = {
             "status_code": 400,
             "blocked_reason": reason,
             "metadata": {**record.metadata, "blocked_on": "response"},
         }
+        if verdict is None:
+            log.info("akto blocked the response call_id=%s reason=%r", record.id, reason)
+        else:
+            metrics.count_violation("blocked", verdict)
+            log.info(
+                "akto blocked the response call_id=%s reason=%r policy=%r rule=%r severity=%s",
+                record.id,
+                reason,
+                verdict.policy,
+                verdict.rule,
+                verdict.severity or "-",
+            )
+            update["blocked_policy"] = verdict.policy or None
+            update["blocked_rule"] = verdict.rule or None
+            update["blocked_severity"] = verdict.severity or None
         await self._blocked(record.model_copy(update=update))
 
     def _masked(self, data: dict[str, Any]) -> None:

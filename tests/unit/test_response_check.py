@@ -10,7 +10,7 @@ import pytest_asyncio
 from fastapi import HTTPException
 from litellm.types.utils import Delta, ModelResponse, ModelResponseStream, StreamingChoices
 
-from akto_hook import masking
+from akto_hook import masking, metrics
 from akto_hook.response_check import ResponseCheck, StreamRefused
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import HookSettings
@@ -124,3 +124,14 @@ async def test_a_masked_response_is_masked_in_place(fake_akto: FakeAkto) -> None
     response = completion("a secret here")
     assert await checker(fake_akto, []).checked(dict(DATA), response) is response
     assert response.choices[0].message.content == "a [X] here"
+
+
+async def test_a_blocked_response_keeps_akto_policy_rule_and_severity(fake_akto: FakeAkto) -> None:
+    fake_akto.configure(metadata={"policy_name": "PII Shield", "rule_violated": "ssn", "severity": "HIGH"})
+    blocked: list[Record] = []
+    before = metrics.VIOLATIONS.labels("blocked", "high", "PII Shield")._value.get()
+    with pytest.raises(HTTPException):
+        await checker(fake_akto, blocked).checked(dict(DATA), completion("my ssn is 1"))
+    (record,) = blocked
+    assert (record.blocked_policy, record.blocked_rule, record.blocked_severity) == ("PII Shield", "ssn", "high")
+    assert metrics.VIOLATIONS.labels("blocked", "high", "PII Shield")._value.get() == before + 1
