@@ -281,8 +281,16 @@ class AktoGuardrail(CustomGuardrail):
         except masking.Unmappable as exc:
             metrics.BLOCKED.inc()
             self._remember_blocked(record.id)
-            log.info("akto blocked call_id=%s reason=%r", record.id, str(exc))
             refused = dataclasses.replace(decision.verdict, reason=str(exc))
+            metrics.count_violation("blocked", refused)
+            log.info(
+                "akto blocked call_id=%s reason=%r policy=%r rule=%r severity=%s",
+                record.id,
+                str(exc),
+                refused.policy,
+                refused.rule,
+                refused.severity or "-",
+            )
             reporting.report(self, data, "blocked", started=since, verdict=refused, during_call=during_call)
             await self._enqueuer.put(masking.refused_record(record, decision, str(exc), during_call=during_call))
             raise HTTPException(status_code=400, detail=str(exc)) from None

@@ -173,8 +173,17 @@ def refused_record(record: Record, decision: Decision, reason: str, *, during_ca
         metadata["masked"] = "request"
     if during_call:
         metadata["llm_output"] = "discarded"
+    verdict = decision.verdict
     return record.model_copy(
-        update={"status_code": 400, "blocked_reason": reason, "request_body": body, "metadata": metadata}
+        update={
+            "status_code": 400,
+            "blocked_reason": reason,
+            "blocked_policy": verdict.policy or None,
+            "blocked_rule": verdict.rule or None,
+            "blocked_severity": verdict.severity or None,
+            "request_body": body,
+            "metadata": metadata,
+        }
     )
 
 
