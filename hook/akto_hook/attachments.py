@@ -49,7 +49,8 @@ def summarized_response(body: Mapping[str, Any]) -> dict[str, Any]:
     (``image_generation_call`` ``result``), and MCP content blocks in a tool's result."""
     out: dict[str, Any] = _walk(dict(body), mcp=True)
     for choice in out.get("choices") or ():
-        audio = choice.get("message", {}).get("audio") if isinstance(choice, dict) else None
+        message = choice.get("message") if isinstance(choice, dict) else None
+        audio = message.get("audio") if isinstance(message, dict) else None
         if isinstance(audio, dict) and isinstance(audio.get("data"), str):
             audio["data"] = _described("audio", _b64_bytes(audio["data"]))
     for item in out.get("output") or ():

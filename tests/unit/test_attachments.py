@@ -163,3 +163,5 @@ def test_a_responses_bytes_are_never_recorded() -> None:
         {"type": "text", "text": "kept"},
     ]
     assert B64 not in json.dumps(attachments.summarized_response({"result": tool_result, **chat, **generated}))
+    odd = {"choices": [{"message": None}, {"text": "a completion"}, "not a choice"], "output": None}
+    assert attachments.summarized_response(odd) == odd
