@@ -139,6 +139,11 @@ class AktoGuardrail(CustomGuardrail):
                 "responses are not checked",
                 self.guardrail_name,
             )
+        if self.settings.file_guardrails and self.settings.on_flagged != "block":
+            log.warning(
+                "akto guardrail %s: file_guardrails needs on_flagged=block; attachments are not sent to Akto",
+                self.guardrail_name,
+            )
         if self.settings.on_flagged == "monitor" and checks:
             log.warning(
                 "akto guardrail %s: on_flagged=monitor ignores %s; it never blocks",
