@@ -6,6 +6,7 @@
     akto-ingest dlq replay (--all | ID...) [--json]
     akto-ingest dlq purge (--all | ID...) [--json]
     akto-ingest violations [--limit N] [--since 1h|ISO-8601] [--json]
+    akto-ingest check-config CONFIG.yaml
 
 Reads ``REDIS_URL`` and ``AKTO_QUEUE_NAME`` like the hook and the worker (``--redis-url`` and
 ``--queue`` override them); a ``redis+sentinel://`` URL reaches the current primary.
@@ -21,13 +22,14 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from arq.constants import health_check_key_suffix, in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from . import dlq, violations
+from . import config_check, dlq, violations
 from .config import QueueSettings
 from .connections import redis_client
 from .errors import ConfigError, RecordError
@@ -216,12 +218,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", type=since_ms, help="only those recorded since: a duration back (15m, 1h, 7d) or an ISO-8601 time"
     )
     found.add_argument("--json", action="store_true")
+    checked = commands.add_parser(
+        "check-config", help="check a LiteLLM config.yaml's Akto guardrails before the proxy starts"
+    )
+    checked.add_argument("path", type=Path)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "check-config":
+            for name in config_check.check_file(args.path):
+                print(f"{name}: ok")
+            return 0
         return asyncio.run(_run(args))
     except ConfigError as exc:
         print(f"akto-ingest: {exc}", file=sys.stderr)

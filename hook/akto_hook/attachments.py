@@ -39,28 +39,68 @@ def summarized(body: Mapping[str, Any]) -> dict[str, Any]:
 SUMMARY_KEYS = frozenset({"type", "size", "sha256", "media_type", "filename"})
 
 
+# MCP content blocks that carry bytes: ``image`` and ``audio`` (``data``), ``resource`` (``resource.blob``).
+MCP_TYPES = frozenset({"audio", "resource"})
+
+
+def summarized_response(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A response body with the bytes it can carry replaced by their summaries: audio a chat model
+    answers with (``choices[].message.audio.data``), an image the Responses API generated
+    (``image_generation_call`` ``result``), and MCP content blocks in a tool's result."""
+    out: dict[str, Any] = _walk(dict(body), mcp=True)
+    for choice in out.get("choices") or ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        audio = message.get("audio") if isinstance(message, dict) else None
+        if isinstance(audio, dict) and isinstance(audio.get("data"), str):
+            audio["data"] = _described("audio", _b64_bytes(audio["data"]))
+    for item in out.get("output") or ():
+        generated = isinstance(item, dict) and item.get("type") == "image_generation_call"
+        if generated and isinstance(item.get("result"), str):
+            item["result"] = _described("image", _b64_bytes(item["result"]))
+    return out
+
+
 def is_summary(value: Any) -> bool:
     """True for what :func:`summarized` put in an attachment's place (and nothing else: a part with
     any other key, such as text, is not one)."""
     return (
         isinstance(value, Mapping)
         and value.keys() <= SUMMARY_KEYS
-        and value.get("type") in ATTACHMENT_TYPES
+        and value.get("type") in ATTACHMENT_TYPES | MCP_TYPES
         and isinstance(value.get("sha256"), str)
         and isinstance(value.get("size"), int)
     )
 
 
-def _walk(value: Any) -> Any:
+def _walk(value: Any, mcp: bool = False) -> Any:
     if isinstance(value, list):
-        return [_walk(item) for item in value]
+        return [_walk(item, mcp) for item in value]
     if not isinstance(value, Mapping):
         return value
     if value.get("type") in ATTACHMENT_TYPES:
         summary = _summary(value)
         if summary is not None:
             return summary
-    return {key: _walk(item) for key, item in value.items()}
+    if mcp and value.get("type") in MCP_TYPES | {"image"}:
+        summary = _mcp_summary(value)
+        if summary is not None:
+            return summary
+    return {key: _walk(item, mcp) for key, item in value.items()}
+
+
+def _mcp_summary(block: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The summary of an MCP content block that carries bytes, or None."""
+    kind = str(block["type"])
+    if kind == "resource":
+        resource = block.get("resource")
+        if isinstance(resource, Mapping) and isinstance(resource.get("blob"), str):
+            uri = resource.get("uri")
+            name = posixpath.basename(urlparse(uri).path) if isinstance(uri, str) else None
+            return _described(kind, _b64_bytes(resource["blob"]), resource.get("mimeType"), name)
+        return None
+    if isinstance(block.get("data"), str):
+        return _described(kind, _b64_bytes(block["data"]), block.get("mimeType"))
+    return None
 
 
 def _summary(part: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -118,7 +118,7 @@ def from_success(kwargs: Mapping[str, Any], response: Any, mode: OnFlagged) -> R
     body = slo.get("response")
     if not isinstance(body, dict):
         body = response.model_dump() if hasattr(response, "model_dump") else {}
-    return Record(**_from_log(kwargs, mode), response_body=body, status_code=200)
+    return Record(**_from_log(kwargs, mode), response_body=attachments.summarized_response(body), status_code=200)
 
 
 def from_failure(kwargs: Mapping[str, Any], mode: OnFlagged) -> Record:

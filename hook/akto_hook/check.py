@@ -86,6 +86,9 @@ class Decision:
     parts: int
     failure: Failure | None = None
     masks: tuple[Mask, ...] = ()
+    # The request's text was checked in several parts (``split``): its masks map back by text. Not
+    # ``parts > 1``, which also counts the attachments' own check (``file_check.py``).
+    split: bool = False
 
     @property
     def masked(self) -> bool:
@@ -181,7 +184,7 @@ def _decide(results: list[tuple[bytes, Verdict | Failure]], parts: int) -> Decis
         for body, r in results
         if isinstance(r, Verdict) and r.modified_payload is not None
     )
-    return Decision(flagged, parts, failure, masks)
+    return Decision(flagged, parts, failure, masks, split=parts > 1)
 
 
 def _request_payload(body: bytes) -> str:

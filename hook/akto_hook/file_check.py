@@ -85,4 +85,5 @@ async def with_files(text: Awaitable[Decision], files: FileCheck | None, record:
     # The text's verdict stays (it may carry masking) unless only the attachments were flagged.
     only_files_flagged = file_decision.verdict.flagged and not text_decision.verdict.flagged
     verdict = file_decision.verdict if only_files_flagged else text_decision.verdict
-    return Decision(verdict, parts, text_decision.failure or file_decision.failure)
+    failure = text_decision.failure or file_decision.failure
+    return Decision(verdict, parts, failure, text_decision.masks, split=text_decision.split)

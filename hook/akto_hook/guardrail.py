@@ -139,6 +139,11 @@ class AktoGuardrail(CustomGuardrail):
                 "responses are not checked",
                 self.guardrail_name,
             )
+        if self.settings.file_guardrails and self.settings.on_flagged != "block":
+            log.warning(
+                "akto guardrail %s: file_guardrails needs on_flagged=block; attachments are not sent to Akto",
+                self.guardrail_name,
+            )
         if self.settings.on_flagged == "monitor" and checks:
             log.warning(
                 "akto guardrail %s: on_flagged=monitor ignores %s; it never blocks",
@@ -281,8 +286,16 @@ class AktoGuardrail(CustomGuardrail):
         except masking.Unmappable as exc:
             metrics.BLOCKED.inc()
             self._remember_blocked(record.id)
-            log.info("akto blocked call_id=%s reason=%r", record.id, str(exc))
             refused = dataclasses.replace(decision.verdict, reason=str(exc))
+            metrics.count_violation("blocked", refused)
+            log.info(
+                "akto blocked call_id=%s reason=%r policy=%r rule=%r severity=%s",
+                record.id,
+                str(exc),
+                refused.policy,
+                refused.rule,
+                refused.severity or "-",
+            )
             reporting.report(self, data, "blocked", started=since, verdict=refused, during_call=during_call)
             await self._enqueuer.put(masking.refused_record(record, decision, str(exc), during_call=during_call))
             raise HTTPException(status_code=400, detail=str(exc)) from None

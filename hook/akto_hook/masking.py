@@ -159,7 +159,7 @@ def masked_call(
             raise Unmappable(
                 "mode during_call cannot apply it: the prompt was already sent to the LLM (use mode pre_call)"
             )
-        found = request_changes(record.request_body, decision.masks, split=decision.parts > 1)
+        found = request_changes(record.request_body, decision.masks, split=decision.split)
         return masked_request(data, found), found
     except Unmappable as exc:
         raise Unmappable(f"Akto masked this request, and the mask cannot be applied: {exc}") from None
@@ -167,14 +167,23 @@ def masked_call(
 
 def refused_record(record: Record, decision: Decision, reason: str, *, during_call: bool) -> Record:
     """The blocked record of a request whose mask could not be applied."""
-    body, is_masked = recorded_request(record.request_body, decision.masks, split=decision.parts > 1)
+    body, is_masked = recorded_request(record.request_body, decision.masks, split=decision.split)
     metadata = dict(record.metadata)
     if is_masked:
         metadata["masked"] = "request"
     if during_call:
         metadata["llm_output"] = "discarded"
+    verdict = decision.verdict
     return record.model_copy(
-        update={"status_code": 400, "blocked_reason": reason, "request_body": body, "metadata": metadata}
+        update={
+            "status_code": 400,
+            "blocked_reason": reason,
+            "blocked_policy": verdict.policy or None,
+            "blocked_rule": verdict.rule or None,
+            "blocked_severity": verdict.severity or None,
+            "request_body": body,
+            "metadata": metadata,
+        }
     )
 
 

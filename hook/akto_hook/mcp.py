@@ -24,7 +24,7 @@ from typing import Any
 from akto_ingest.config import OnFlagged
 from akto_ingest.record import Record
 
-from . import capture
+from . import attachments, capture
 
 MCP_PATH = "/mcp"
 TOOL_CALL = "call_mcp_tool"
@@ -145,7 +145,7 @@ def from_success(kwargs: Mapping[str, Any], response: Any, mode: OnFlagged) -> R
     record = capture.from_success(kwargs, response, mode)
     body, tags = _tool_call(kwargs)
     result = {"jsonrpc": "2.0", "id": 1, "result": _result(response, record.response_body)}
-    return _with(record, body, tags, response_body=result)
+    return _with(record, body, tags, response_body=attachments.summarized_response(result))
 
 
 def from_failure(kwargs: Mapping[str, Any], mode: OnFlagged) -> Record:

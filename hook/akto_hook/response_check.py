@@ -9,7 +9,8 @@ A streamed response reaches the client as it comes; its text is assembled on the
 once, at its end. A block, a mask (a text already sent cannot be masked) or a fail-closed fallback
 then ends the stream with an error event: on chat completions ``data: {"error": ...}`` instead of
 ``[DONE]``; on the Responses API ``response.failed`` instead of ``response.completed`` (which is held
-back until the check is done).
+back until the check is done); on Anthropic's ``/v1/messages`` ``event: error`` instead of
+``message_stop`` (held back the same way).
 
 The call keeps one record: a blocked response's record is written here (status 400, Akto's reason,
 ``blocked_on: response``), and the guardrail drops LiteLLM's own success or failure record of it.
@@ -107,17 +108,32 @@ class ResponseCheck:
         # A Responses API stream's terminal event is held until the check is done: LiteLLM reports a
         # failure on such a stream only before that event (as ``response.failed``).
         terminal: list[Any] = []
+        # Anthropic's /v1/messages stream arrives as SSE bytes; its ``message_stop`` is held the same way.
+        events = _SseEvents()
         async for chunk in chunks:
-            _collect(chunk, texts)
-            if getattr(chunk, "type", None) in TERMINAL_EVENTS:
-                terminal.append(chunk)
-                continue
+            if isinstance(chunk, bytes | str):
+                if events.feed(chunk, texts):
+                    terminal.append(chunk)
+                    continue
+            else:
+                _collect(chunk, texts)
+                if getattr(chunk, "type", None) in TERMINAL_EVENTS:
+                    terminal.append(chunk)
+                    continue
             for held in terminal:
                 yield held
             terminal.clear()
             yield chunk
         if texts:
-            await self._check_stream(data, texts)
+            if events.seen:
+                try:
+                    await self._check_stream(data, texts)
+                except StreamRefused as exc:
+                    # An SSE stream ends with Anthropic's ``error`` event in place of ``message_stop``.
+                    yield _anthropic_error(exc, as_bytes=events.as_bytes)
+                    return
+            else:
+                await self._check_stream(data, texts)
         for held in terminal:
             yield held
 
@@ -157,7 +173,7 @@ class ResponseCheck:
             raise Refused(status, f"Akto guardrail could not check the response: {result.message}")
         if result.blocks:
             reason = result.reason or "Blocked by Akto guardrail"
-            await self._refuse(data, body, reason)
+            await self._refuse(data, body, reason, result)
             raise Refused(400, reason)
         if result.flagged:
             log.warning(
@@ -171,15 +187,32 @@ class ResponseCheck:
         sent = orjson.loads(orjson.loads(encoded)["responsePayload"])
         return masking.changes(sent, masking.decode_payload(result.modified_payload))
 
-    async def _refuse(self, data: dict[str, Any], body: dict[str, Any], reason: str) -> None:
+    async def _refuse(
+        self, data: dict[str, Any], body: dict[str, Any], reason: str, verdict: Verdict | None = None
+    ) -> None:
+        """Write the blocked record; ``verdict`` (Akto's block) adds its policy, rule and severity."""
         record = capture.from_request(data, "block")
         metrics.BLOCKED.inc()
-        log.info("akto blocked the response call_id=%s reason=%r", record.id, reason)
         update: dict[str, Any] = {
             "status_code": 400,
             "blocked_reason": reason,
             "metadata": {**record.metadata, "blocked_on": "response"},
         }
+        if verdict is None:
+            log.info("akto blocked the response call_id=%s reason=%r", record.id, reason)
+        else:
+            metrics.count_violation("blocked", verdict)
+            log.info(
+                "akto blocked the response call_id=%s reason=%r policy=%r rule=%r severity=%s",
+                record.id,
+                reason,
+                verdict.policy,
+                verdict.rule,
+                verdict.severity or "-",
+            )
+            update["blocked_policy"] = verdict.policy or None
+            update["blocked_rule"] = verdict.rule or None
+            update["blocked_severity"] = verdict.severity or None
         await self._blocked(record.model_copy(update=update))
 
     def _masked(self, data: dict[str, Any]) -> None:
@@ -228,3 +261,44 @@ def _collect(chunk: Any, texts: dict[int, list[str]]) -> None:
         delta = getattr(chunk, "delta", None)
         if isinstance(delta, str) and delta:
             texts.setdefault(0, []).append(delta)
+
+
+class _SseEvents:
+    """Reads Anthropic's SSE stream as it passes: the text deltas, and whether a chunk held
+    ``message_stop``. Events may span chunks, so the unfinished tail is kept."""
+
+    def __init__(self) -> None:
+        self._tail = ""
+        self.seen = False
+        self.as_bytes = True
+
+    def feed(self, chunk: bytes | str, texts: dict[int, list[str]]) -> bool:
+        """Add ``chunk``'s text deltas to ``texts``; True when it ends the message (``message_stop``)."""
+        self.seen = True
+        self.as_bytes = isinstance(chunk, bytes)
+        self._tail += chunk.decode(errors="replace") if isinstance(chunk, bytes) else chunk
+        *complete, self._tail = self._tail.replace("\r\n", "\n").split("\n\n")
+        stop = False
+        for event in complete:
+            for line in event.split("\n"):
+                if not line.startswith("data:"):
+                    continue
+                try:
+                    payload = orjson.loads(line[5:].strip())
+                except orjson.JSONDecodeError:
+                    continue
+                if not isinstance(payload, dict):
+                    continue
+                delta = payload.get("delta")
+                delta = delta if payload.get("type") == "content_block_delta" and isinstance(delta, dict) else {}
+                if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
+                    texts.setdefault(0, []).append(delta["text"])
+                stop = stop or payload.get("type") == "message_stop"
+        return stop
+
+
+def _anthropic_error(exc: StreamRefused, *, as_bytes: bool) -> bytes | str:
+    kind = "invalid_request_error" if exc.status_code == 400 else "api_error"
+    error = {"type": "error", "error": {"type": kind, "message": exc.message}}
+    event = f"event: error\ndata: {orjson.dumps(error).decode()}\n\n"
+    return event.encode() if as_bytes else event

@@ -406,6 +406,24 @@ def test_file_guardrails_lets_a_benign_image_through_after_checking_it(apis: Api
     assert check["body"]["files"] == [{"filename": "attachment-0.png", "type": "image", "content": encoded}]
 
 
+def test_file_guardrails_still_applies_a_text_mask(apis: Apis) -> None:
+    """The attachments' own check must not drop the text check's mask: the LLM gets the masked text."""
+    card = "4111-1111-1111-1111"
+    apis.akto.configure(masks={card: "[CARD]"})
+    encoded = base64.b64encode(os.urandom(256)).decode()
+    content = [
+        {"type": "text", "text": f"my card is {card}"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{encoded}"}},
+    ]
+    response = post(
+        apis, "/v1/chat/completions", {"messages": [{"role": "user", "content": content}]}, proxy=apis.files
+    )
+    assert response.status_code == 200, response.text
+    (sent,) = apis.llm.requests()
+    assert card not in json.dumps(sent)
+    assert "my card is [CARD]" in json.dumps(sent)
+
+
 # -- identity and sessions ------------------------------------------------------------------------------
 
 

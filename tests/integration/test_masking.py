@@ -375,3 +375,26 @@ def test_check_response_blocks_a_flagged_response_on_other_apis(ms: Masking, pat
     assert "PII detected" in response.text and "078-05-1120" not in response.text
     record = ingested(ms, response)
     assert record["statusCode"] == "400" and record["path"] == path
+
+
+def test_check_response_ends_a_flagged_anthropic_stream_with_an_error_event(ms: Masking) -> None:
+    ms.llm.configure(echo=False, reply="Sure: my ssn is 078-05-1120")
+    body: dict[str, Any] = {
+        "model": "gpt-3.5-turbo",
+        "max_tokens": 50,
+        "stream": True,
+        "messages": [{"role": "user", "content": "What is your number?"}],
+    }
+    response = post(ms.block, "/v1/messages", body)
+    assert response.status_code == 200
+    events = [line.split(": ", 1)[1] for line in response.text.splitlines() if line.startswith("event: ")]
+    assert "content_block_delta" in events
+    assert "message_stop" not in events and events[-1] == "error", events
+    error = json.loads(response.text.rstrip().rsplit("data: ", 1)[1])
+    assert error == {"type": "error", "error": {"type": "invalid_request_error", "message": "PII detected"}}
+    record = ingested(ms, response)
+    assert record["statusCode"] == "400" and record["path"] == "/v1/messages"
+
+    ms.llm.configure(echo=False, reply="A perfectly fine answer")
+    clean = post(ms.block, "/v1/messages", body)
+    assert [line for line in clean.text.splitlines() if line.startswith("event: ")][-1] == "event: message_stop"

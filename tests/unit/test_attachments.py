@@ -128,3 +128,40 @@ def test_fields_that_are_not_content_are_left_alone() -> None:
 def test_a_part_with_text_is_never_taken_for_a_summary() -> None:
     assert not attachments.is_summary({"type": "image", "size": 1, "sha256": "x", "text": "ignore previous"})
     assert not attachments.is_summary({"type": "text", "size": 1, "sha256": "x"})
+
+
+def test_a_responses_bytes_are_never_recorded() -> None:
+    """Audio a chat model answers with, an image the Responses API generated, and images, audio and
+    blobs in an MCP tool's result are bytes too."""
+    summary = {"size": len(DATA), "sha256": SHA}
+    chat = {"choices": [{"message": {"role": "assistant", "audio": {"id": "a1", "data": B64, "transcript": "hi"}}}]}
+    assert attachments.summarized_response(chat)["choices"][0]["message"]["audio"] == {
+        "id": "a1",
+        "data": {"type": "audio", **summary},
+        "transcript": "hi",
+    }
+    generated = {"output": [{"type": "image_generation_call", "id": "ig1", "result": B64}]}
+    assert attachments.summarized_response(generated)["output"][0] == {
+        "type": "image_generation_call",
+        "id": "ig1",
+        "result": {"type": "image", **summary},
+    }
+    tool_result = {
+        "content": [
+            {"type": "image", "data": B64, "mimeType": "image/png"},
+            {"type": "audio", "data": B64, "mimeType": "audio/wav"},
+            {"type": "resource", "resource": {"uri": "file:///a.pdf", "mimeType": "application/pdf", "blob": B64}},
+            {"type": "resource", "resource": {"uri": "file:///a.txt", "text": "kept"}},
+            {"type": "text", "text": "kept"},
+        ]
+    }
+    assert attachments.summarized_response({"result": tool_result})["result"]["content"] == [
+        {"type": "image", **summary, "media_type": "image/png"},
+        {"type": "audio", **summary, "media_type": "audio/wav"},
+        {"type": "resource", **summary, "media_type": "application/pdf", "filename": "a.pdf"},
+        {"type": "resource", "resource": {"uri": "file:///a.txt", "text": "kept"}},
+        {"type": "text", "text": "kept"},
+    ]
+    assert B64 not in json.dumps(attachments.summarized_response({"result": tool_result, **chat, **generated}))
+    odd = {"choices": [{"message": None}, {"text": "a completion"}, "not a choice"], "output": None}
+    assert attachments.summarized_response(odd) == odd

@@ -12,7 +12,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from akto_hook import attachments
+from akto_hook import attachments, masking
 from akto_hook.check import Decision, InlineCheck
 from akto_hook.file_check import UNMASKABLE, FileCheck, with_files
 from akto_ingest.akto_client import AktoClient
@@ -214,3 +214,17 @@ async def test_the_fake_refuses_a_malformed_file_check(
             orjson.dumps(body), check_request=False, check_response=False, ingest=False, check_files=True
         )
     assert error in str(raised.value)
+
+
+async def test_a_text_mask_is_applied_when_attachments_are_checked_too(fake_akto: FakeAkto, client: AktoClient) -> None:
+    """The joined decision keeps the text check's masks, which still map onto the request: the LLM
+    gets the masked text even though the request has an attachment."""
+    card = "4111-1111-1111-1111"
+    fake_akto.configure(masks={card: "[CARD]"})
+    body = chat(text_file(b"fine"), text=f"my card {card}")
+    record = record_of(body)
+    text = InlineCheck(client, akto_settings(fake_akto.url))
+    decision = await with_files(text.check(record), file_check(fake_akto, client), record, body)
+    assert decision.masked and not decision.blocks
+    out, _ = masking.masked_call(body, record, decision, during_call=False)
+    assert out["messages"][0]["content"][0]["text"] == "my card [CARD]"

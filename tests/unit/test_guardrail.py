@@ -409,3 +409,17 @@ def test_check_response_without_block_and_post_call_warns(
     finally:
         logger.removeHandler(caplog.handler)
     assert ("responses are not checked" in caplog.text) is warns
+
+
+@pytest.mark.parametrize(("on_flagged", "warns"), [("block", False), ("monitor", True)])
+def test_file_guardrails_in_monitor_mode_warns(on_flagged: str, warns: bool, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    logger = logging.getLogger("akto_hook")
+    logger.addHandler(caplog.handler)
+    try:
+        params = {"event_hook": ["pre_call", "post_call"], "on_flagged": on_flagged}
+        AktoGuardrail(**{**BASE, **params}, **GOOD, file_guardrails=True)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert ("attachments are not sent to Akto" in caplog.text) is warns

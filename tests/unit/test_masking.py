@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from akto_hook import masking
-from akto_hook.check import Mask, split
+from akto_hook.check import Decision, Mask, split
 from akto_ingest.record import Record
+from akto_ingest.wire import Verdict
 
 CARD = "4111-1111-1111-1111"
 
@@ -205,3 +206,12 @@ def test_masked_calls_apply_and_tag_the_record_once() -> None:
     for call in ("a", "b", "c"):
         calls.remember(call, "request")
     assert calls.tagged(Record(id="a", mode="block")).metadata == {}, "bounded"
+
+
+def test_a_refused_mask_keeps_akto_policy_rule_and_severity_in_its_record() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": f"card {CARD}"}]}
+    verdict = Verdict(allowed=True, reason="", behaviour="", policy="PII Mask", rule="card", severity="medium")
+    decision = Decision(verdict, 1, masks=(akto_mask(body),))
+    record = Record(id="c1", mode="block", request_body=body)
+    refused = masking.refused_record(record, decision, "cannot be applied", during_call=False)
+    assert (refused.blocked_policy, refused.blocked_rule, refused.blocked_severity) == ("PII Mask", "card", "medium")

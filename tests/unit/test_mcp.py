@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 from fastapi import HTTPException
 from litellm.proxy._experimental.mcp_server.exceptions import MCPToolResultError
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult, ImageContent, TextContent
 from redis.asyncio import Redis
 
 from akto_hook import AktoGuardrail, mcp
@@ -277,6 +277,7 @@ async def test_a_benign_tool_call_passes_unchanged_and_its_result_is_recorded(
     (record,) = await queued(real_redis, queue_name)
     assert record.mode == "block"
     assert record.response_body is not None
+    assert record.response_body is not None
     assert record.response_body["result"]["content"] == [{"type": "text", "text": "hello"}]
 
 
@@ -342,3 +343,17 @@ async def test_during_mcp_call_checks_nothing(
     data = pre_call_data(INJECTION)
     assert await guard.async_moderation_hook(data, None, "call_mcp_tool") is data
     assert fake_akto.records == []
+
+
+def test_an_image_in_a_tool_result_is_never_recorded() -> None:
+    image = ImageContent(type="image", data="aGVsbG8=", mime_type="image/png")
+    record = mcp.from_success(log_kwargs(), CallToolResult(content=[image]), "block")
+    assert record.response_body is not None
+    assert record.response_body["result"]["content"] == [
+        {
+            "type": "image",
+            "size": 5,
+            "sha256": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+            "media_type": "image/png",
+        }
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest_asyncio
 from fastapi import HTTPException
 from litellm.types.utils import Delta, ModelResponse, ModelResponseStream, StreamingChoices
 
-from akto_hook import masking
+from akto_hook import masking, metrics
 from akto_hook.response_check import ResponseCheck, StreamRefused
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import HookSettings
@@ -124,3 +125,51 @@ async def test_a_masked_response_is_masked_in_place(fake_akto: FakeAkto) -> None
     response = completion("a secret here")
     assert await checker(fake_akto, []).checked(dict(DATA), response) is response
     assert response.choices[0].message.content == "a [X] here"
+
+
+async def test_a_blocked_response_keeps_akto_policy_rule_and_severity(fake_akto: FakeAkto) -> None:
+    fake_akto.configure(metadata={"policy_name": "PII Shield", "rule_violated": "ssn", "severity": "HIGH"})
+    blocked: list[Record] = []
+    before = metrics.VIOLATIONS.labels("blocked", "high", "PII Shield")._value.get()
+    with pytest.raises(HTTPException):
+        await checker(fake_akto, blocked).checked(dict(DATA), completion("my ssn is 1"))
+    (record,) = blocked
+    assert (record.blocked_policy, record.blocked_rule, record.blocked_severity) == ("PII Shield", "ssn", "high")
+    assert metrics.VIOLATIONS.labels("blocked", "high", "PII Shield")._value.get() == before + 1
+
+
+def anthropic_events(*texts: str) -> list[bytes]:
+    """An Anthropic ``/v1/messages`` stream as LiteLLM passes it on: SSE bytes, one event a chunk."""
+
+    def event(kind: str, **data: Any) -> bytes:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+
+    return [
+        event("message_start", message={"id": "m1", "role": "assistant", "content": []}),
+        event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+        *(event("content_block_delta", index=0, delta={"type": "text_delta", "text": text}) for text in texts),
+        event("content_block_stop", index=0),
+        event("message_delta", delta={"stop_reason": "end_turn"}),
+        event("message_stop"),
+    ]
+
+
+async def chunks_of(items: list[bytes]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
+
+
+async def test_an_anthropic_stream_ends_with_an_error_event_instead_of_message_stop(fake_akto: FakeAkto) -> None:
+    blocked: list[Record] = []
+    events = anthropic_events("my s", "sn is", " 1")
+    seen = await drain(checker(fake_akto, blocked).stream(chunks_of(events), dict(DATA)))
+    assert seen[:-1] == events[:-1], "every event but message_stop went out as it came"
+    assert seen[-1].startswith(b"event: error\n")
+    error = json.loads(seen[-1].decode().split("data: ", 1)[1])
+    assert error == {"type": "error", "error": {"type": "invalid_request_error", "message": "PII detected"}}
+    (check_record,) = fake_akto.records
+    assert "my ssn is 1" in check_record.body["responsePayload"]
+    assert blocked[0].blocked_reason == "PII detected"
+
+    clean = anthropic_events("All ", "fine")
+    assert await drain(checker(fake_akto, []).stream(chunks_of(clean), dict(DATA))) == clean
