@@ -205,18 +205,35 @@ def fallback_passes(failure: Failure, fallback: Fallback, call_id: str) -> bool:
     return fallback == "fail_open"
 
 
+def repaired_envelope(record: Record, akto: AktoSettings) -> tuple[Record, dict[str, str]]:
+    """``record``'s envelope, and the record it was built from: a repaired copy (:meth:`Record.repaired`)
+    when its text could not be encoded as it is."""
+    try:
+        return record, envelope(record, akto)
+    except TypeError:
+        # orjson refuses text JSON cannot hold; check what can be checked.
+        record = record.repaired()
+        return record, envelope(record, akto)
+
+
+def blocked_fields(reason: str, verdict: Verdict | None = None) -> dict[str, Any]:
+    """The fields of a blocked record: status 400, the reason the client got and, from Akto's
+    verdict, its policy, rule and severity."""
+    fields: dict[str, Any] = {"status_code": 400, "blocked_reason": reason}
+    if verdict is not None:
+        fields["blocked_policy"] = verdict.policy or None
+        fields["blocked_rule"] = verdict.rule or None
+        fields["blocked_severity"] = verdict.severity or None
+    return fields
+
+
 def check_bodies(record: Record, akto: AktoSettings) -> list[bytes]:
     """The encoded ``/api/http-proxy`` bodies that together check all of ``record``'s request: the
     record itself when it fits Akto's limits, else one per part of :func:`split`.
 
     Raises :class:`RecordTooLarge` only when what is not the request body (the headers) is over them.
     """
-    try:
-        body = envelope(record, akto)
-    except TypeError:
-        # orjson refuses text JSON cannot hold; check what can be checked.
-        record = record.repaired()
-        body = envelope(record, akto)
+    record, body = repaired_envelope(record, akto)
     try:
         return [encode(body)]
     except RecordTooLarge:

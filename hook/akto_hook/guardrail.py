@@ -29,7 +29,7 @@ from akto_ingest.errors import ConfigError
 from akto_ingest.record import Record
 
 from . import capture, masking, mcp, metrics, reporting
-from .check import Decision, Failure, InlineCheck, fallback_passes
+from .check import Decision, Failure, InlineCheck, blocked_fields, fallback_passes
 from .enqueue import Enqueuer
 from .file_check import FileCheck, with_files
 from .response_check import ResponseCheck
@@ -234,13 +234,7 @@ class AktoGuardrail(CustomGuardrail):
                 verdict.severity or "-",
             )
             reporting.report(self, data, "blocked", started=since, verdict=verdict, during_call=during_call)
-            update: dict[str, Any] = {
-                "status_code": 400,
-                "blocked_reason": decision.reason,
-                "blocked_policy": verdict.policy or None,
-                "blocked_rule": verdict.rule or None,
-                "blocked_severity": verdict.severity or None,
-            }
+            update = blocked_fields(decision.reason, verdict)
             if during_call:
                 # The prompt did reach the LLM; its answer was thrown away.
                 update["metadata"] = {**record.metadata, "llm_output": "discarded"}

@@ -31,7 +31,7 @@ import orjson
 
 from akto_ingest.record import Record
 
-from .check import Decision, Mask
+from .check import Decision, Mask, blocked_fields
 
 Path = tuple[str | int, ...]
 
@@ -173,18 +173,8 @@ def refused_record(record: Record, decision: Decision, reason: str, *, during_ca
         metadata["masked"] = "request"
     if during_call:
         metadata["llm_output"] = "discarded"
-    verdict = decision.verdict
-    return record.model_copy(
-        update={
-            "status_code": 400,
-            "blocked_reason": reason,
-            "blocked_policy": verdict.policy or None,
-            "blocked_rule": verdict.rule or None,
-            "blocked_severity": verdict.severity or None,
-            "request_body": body,
-            "metadata": metadata,
-        }
-    )
+    update = {**blocked_fields(reason, decision.verdict), "request_body": body, "metadata": metadata}
+    return record.model_copy(update=update)
 
 
 def apply_to_object(target: Any, found: Iterable[Change]) -> None:

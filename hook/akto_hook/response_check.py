@@ -32,7 +32,7 @@ from akto_ingest.record import Record
 from akto_ingest.wire import Verdict, encode, envelope
 
 from . import capture, masking, metrics
-from .check import Failure, ask, fallback_passes
+from .check import Failure, ask, blocked_fields, fallback_passes, repaired_envelope
 
 log = logging.getLogger("akto_hook")
 
@@ -193,11 +193,7 @@ class ResponseCheck:
         """Write the blocked record; ``verdict`` (Akto's block) adds its policy, rule and severity."""
         record = capture.from_request(data, "block")
         metrics.BLOCKED.inc()
-        update: dict[str, Any] = {
-            "status_code": 400,
-            "blocked_reason": reason,
-            "metadata": {**record.metadata, "blocked_on": "response"},
-        }
+        update = {**blocked_fields(reason, verdict), "metadata": {**record.metadata, "blocked_on": "response"}}
         if verdict is None:
             log.info("akto blocked the response call_id=%s reason=%r", record.id, reason)
         else:
@@ -210,9 +206,6 @@ class ResponseCheck:
                 verdict.rule,
                 verdict.severity or "-",
             )
-            update["blocked_policy"] = verdict.policy or None
-            update["blocked_rule"] = verdict.rule or None
-            update["blocked_severity"] = verdict.severity or None
         await self._blocked(record.model_copy(update=update))
 
     def _masked(self, data: dict[str, Any]) -> None:
@@ -223,12 +216,7 @@ class ResponseCheck:
 
 
 def _encoded(record: Record, akto: AktoSettings) -> bytes:
-    try:
-        body = envelope(record, akto)
-    except TypeError:
-        # orjson refuses text JSON cannot hold; check what can be checked.
-        record = record.repaired()
-        body = envelope(record, akto)
+    record, body = repaired_envelope(record, akto)
     try:
         return encode(body)
     except RecordTooLarge:
