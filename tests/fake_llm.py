@@ -90,14 +90,20 @@ def _pieces(text: str, n: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
+async def _received(request: web.Request, settings: Settings) -> dict[str, Any]:
+    """A model request's body, kept for ``/_admin/requests`` and answered after ``delay_ms``."""
+    body: dict[str, Any] = await request.json()
+    settings.requests.append(body)
+    del settings.requests[:-KEEP_REQUESTS]
+    if settings.delay_ms:
+        await asyncio.sleep(settings.delay_ms / 1000)
+    settings.served += 1
+    return body
+
+
 def app(settings: Settings) -> web.Application:
     async def completions(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        settings.requests.append(body)
-        del settings.requests[:-KEEP_REQUESTS]
-        if settings.delay_ms:
-            await asyncio.sleep(settings.delay_ms / 1000)
-        settings.served += 1
+        body = await _received(request, settings)
         model = str(body.get("model") or "fake")
         text = _reply_text(settings, body)
         if not body.get("stream"):
@@ -179,12 +185,7 @@ def add_responses_route(application: web.Application, settings: Settings) -> Non
     is kept beside the chat requests."""
 
     async def responses(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        settings.requests.append(body)
-        del settings.requests[:-KEEP_REQUESTS]
-        if settings.delay_ms:
-            await asyncio.sleep(settings.delay_ms / 1000)
-        settings.served += 1
+        body = await _received(request, settings)
         model = str(body.get("model") or "fake")
         text = _responses_input_text(body) if settings.echo else settings.reply
         rid = uuid.uuid4().hex
