@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -155,3 +155,35 @@ async def real_redis(queue_name: str) -> AsyncIterator[Redis]:
             *keys,
         )
         await redis.aclose()
+
+
+@pytest_asyncio.fixture
+async def live_guardrail(
+    fake_akto: FakeAkto, real_redis: Redis, queue_name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """``await live_guardrail(**params)``: an ``AktoGuardrail`` (block mode, pre_call and post_call
+    unless ``params`` say otherwise) against the fake Akto and a real Redis, closed after the test."""
+    # Imported here: LiteLLM's import is slow, and most unit tests never need it.
+    from akto_hook.guardrail import AktoGuardrail
+
+    monkeypatch.setenv("AKTO_SPOOL_DIR", str(tmp_path / "spool"))
+    guards: list[AktoGuardrail] = []
+
+    async def make(**params: Any) -> AktoGuardrail:
+        values: dict[str, Any] = {
+            "guardrail_name": "akto-guard",
+            "event_hook": ["pre_call", "post_call"],
+            "default_on": False,
+            "akto_base_url": fake_akto.url,
+            "akto_api_key": API_KEY,
+            "redis_url": REAL_REDIS_URL,
+            "queue_name": queue_name,
+        }
+        guard = AktoGuardrail(**{**values, **params})
+        guards.append(guard)
+        return guard
+
+    yield make
+    for guard in guards:
+        await guard._enqueuer.close()
+        await guard._akto.close()

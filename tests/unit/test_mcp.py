@@ -4,11 +4,10 @@ records (shapes taken from a real proxy in front of tests/fake_mcp_server.py).""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from fastapi import HTTPException
 from litellm.proxy._experimental.mcp_server.exceptions import MCPToolResultError
 from mcp.types import CallToolResult, ImageContent, TextContent
@@ -20,8 +19,6 @@ from akto_ingest.queue import inbox_key
 from akto_ingest.record import Record
 from akto_ingest.wire import envelope
 from tests.fake_akto import FakeAkto
-
-from .conftest import API_KEY, REAL_REDIS_URL
 
 CALL_ID = "ec38c078-f86f-4ceb-a07b-39339b3a4554"
 AKTO = AktoSettings.load({"akto_base_url": "http://akto", "akto_api_key": "k"}, env={})
@@ -218,30 +215,12 @@ def test_mode_entries_that_do_nothing_for_tool_calls_are_warned_about() -> None:
 # -- through the guardrail's hooks, against the fake Akto and a real Redis -------------------------
 
 
-@pytest_asyncio.fixture
-async def guard_for(
-    fake_akto: FakeAkto, queue_name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
-) -> AsyncIterator[Callable[..., Awaitable[AktoGuardrail]]]:
-    monkeypatch.setenv("AKTO_SPOOL_DIR", str(tmp_path / "spool"))
-    guards: list[AktoGuardrail] = []
-
+@pytest.fixture
+def guard_for(live_guardrail: Callable[..., Awaitable[AktoGuardrail]]) -> Callable[..., Awaitable[AktoGuardrail]]:
     async def make(mode: list[str], **params: Any) -> AktoGuardrail:
-        guard = AktoGuardrail(
-            guardrail_name="akto-guard",
-            event_hook=mode,
-            akto_base_url=fake_akto.url,
-            akto_api_key=API_KEY,
-            redis_url=REAL_REDIS_URL,
-            queue_name=queue_name,
-            **params,
-        )
-        guards.append(guard)
-        return guard
+        return await live_guardrail(event_hook=mode, **params)
 
-    yield make
-    for guard in guards:
-        await guard._enqueuer.close()
-        await guard._akto.close()
+    return make
 
 
 async def queued(redis: Redis, queue_name: str) -> list[Record]:
