@@ -41,6 +41,8 @@ from . import attachments, metrics
 
 log = logging.getLogger("akto_hook")
 
+# What one Akto call checks: a request, a response, or attachments.
+Checked = Literal["request", "response", "files"]
 FailureReason = Literal["unreachable", "http_error", "unreadable_body", "akto_fail_open", "too_large", "internal_error"]
 # The reasons that are Akto's: the spec's "Akto unreachable" and "Akto returns error" rows.
 AKTO_REASONS: frozenset[FailureReason] = frozenset({"unreachable", "http_error", "unreadable_body", "akto_fail_open"})
@@ -147,18 +149,31 @@ class InlineCheck:
         return await ask(self._client, body)
 
 
-async def ask(client: AktoClient, body: bytes, *, response: bool = False) -> Verdict | Failure:
-    """One ``/api/http-proxy`` check of an encoded envelope (its request, or with ``response`` its
-    response): Akto's verdict, or the :class:`Failure` that stands for none. Never raises."""
+async def ask(
+    client: AktoClient, body: bytes, *, check: Checked = "request", time_limit: float | None = None
+) -> Verdict | Failure:
+    """One ``/api/http-proxy`` check of ``body``: an encoded envelope's request or response, or the
+    attachments of :func:`wire.files_body` (``check="files"``, within ``time_limit`` seconds when
+    given). Akto's verdict, or the :class:`Failure` that stands for none. Never raises."""
+    files = check == "files"
+    what = "file check" if files else "check"
     try:
-        verdict = await client.http_proxy(body, check_request=not response, check_response=response, ingest=False)
+        verdict = await client.http_proxy(
+            body,
+            check_request=check == "request",
+            check_response=check == "response",
+            ingest=False,
+            check_files=files,
+            time_limit=time_limit,
+        )
     except AktoError as exc:
-        return Failure(_reason(exc), str(exc))
+        return Failure(_reason(exc), f"{what}: {exc}" if files else str(exc))
     except Exception as exc:
-        log.exception("akto check part failed unexpectedly")
-        return Failure("internal_error", f"the check failed: {exc!r}")
+        log.exception("akto %s failed unexpectedly", what)
+        return Failure("internal_error", f"the {what} failed: {exc!r}")
     if verdict.fail_open and not verdict.blocks:
-        return Failure("akto_fail_open", f"Akto's guardrail failed open: {verdict.error or 'no error given'}")
+        guardrail = "file guardrail" if files else "guardrail"
+        return Failure("akto_fail_open", f"Akto's {guardrail} failed open: {verdict.error or 'no error given'}")
     return verdict
 
 

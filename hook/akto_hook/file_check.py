@@ -18,12 +18,12 @@ from typing import Any
 
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings
-from akto_ingest.errors import AktoError, RecordTooLarge
+from akto_ingest.errors import RecordTooLarge
 from akto_ingest.record import Record
 from akto_ingest.wire import ALLOW, Verdict, files_body
 
 from . import attachments
-from .check import Decision, Failure, _reason
+from .check import Decision, Failure, ask
 
 log = logging.getLogger("akto_hook")
 
@@ -51,22 +51,9 @@ class FileCheck:
         except Exception as exc:
             log.exception("akto file check could not be built call_id=%s", record.id)
             return Decision(ALLOW, 0, Failure("internal_error", f"cannot build the file check: {exc}"))
-        try:
-            verdict = await self._client.http_proxy(
-                body,
-                check_request=False,
-                check_response=False,
-                ingest=False,
-                check_files=True,
-                time_limit=self._timeout,
-            )
-        except AktoError as exc:
-            return Decision(ALLOW, 1, Failure(_reason(exc), f"file check: {exc}"))
-        except Exception as exc:
-            log.exception("akto file check failed unexpectedly call_id=%s", record.id)
-            return Decision(ALLOW, 1, Failure("internal_error", f"the file check failed: {exc!r}"))
-        if verdict.fail_open and not verdict.blocks:
-            return Decision(ALLOW, 1, Failure("akto_fail_open", f"Akto's file guardrail failed open: {verdict.error}"))
+        verdict = await ask(self._client, body, check="files", time_limit=self._timeout)
+        if isinstance(verdict, Failure):
+            return Decision(ALLOW, 1, verdict)
         if verdict.modified_payload is not None and not verdict.blocks:
             verdict = Verdict(allowed=False, reason=UNMASKABLE, behaviour="block", policy=verdict.policy)
         return Decision(verdict, 1)

@@ -165,7 +165,7 @@ class ResponseCheck:
         except RecordTooLarge as exc:
             result: Verdict | Failure = Failure("too_large", str(exc))
         else:
-            result = await ask(self._client, encoded, response=True)
+            result = await ask(self._client, encoded, check="response")
         if isinstance(result, Failure):
             if fallback_passes(result, self._settings.unreachable_fallback, record.id):
                 return []
