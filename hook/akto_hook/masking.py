@@ -25,7 +25,7 @@ import copy
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -181,25 +181,37 @@ def apply_to_object(target: Any, found: Iterable[Change]) -> None:
     """Apply the changes in place to a response object (a LiteLLM model or a dict), found by path
     through attributes, keys and indices."""
     for change in found:
-        parent = target
-        for step in change.path[:-1]:
-            parent = _step(parent, step, change)
-        last = change.path[-1]
-        if _step(parent, last, change) != change.before:
+        outcome = _replace(target, change)
+        if outcome == "missing":
+            raise Unmappable(f"{_where(change.path)} is not in the response")
+        if outcome == "other text":
             raise Unmappable(f"the response's {_where(change.path)} is not the text Akto saw")
-        if isinstance(parent, dict | list):
-            parent[last] = change.after  # type: ignore[index]
-        else:
-            setattr(parent, str(last), change.after)
 
 
-def _step(value: Any, step: str | int, change: Change) -> Any:
+def _replace(target: Any, change: Change) -> Literal["replaced", "missing", "other text"]:
+    """Put ``change.after`` at ``change.path`` of ``target`` (through keys, indices and attributes) in
+    place; changes nothing when the path is missing or holds other than ``change.before``."""
+    parent = target
+    last = change.path[-1]
     try:
-        if isinstance(value, list | dict):
-            return value[step]  # type: ignore[index]
-        return getattr(value, str(step))
+        for step in change.path[:-1]:
+            parent = _step(parent, step)
+        current = _step(parent, last)
     except (KeyError, IndexError, AttributeError, TypeError):
-        raise Unmappable(f"{_where(change.path)} is not in the response") from None
+        return "missing"
+    if current != change.before:
+        return "other text"
+    if isinstance(parent, dict | list):
+        parent[last] = change.after  # type: ignore[index]
+    else:
+        setattr(parent, str(last), change.after)
+    return "replaced"
+
+
+def _step(value: Any, step: str | int) -> Any:
+    if isinstance(value, list | dict):
+        return value[step]  # type: ignore[index]
+    return getattr(value, str(step))
 
 
 def _with_changes(data: dict[str, Any], found: list[Change], problem: Callable[[Change], str]) -> dict[str, Any]:
@@ -208,16 +220,8 @@ def _with_changes(data: dict[str, Any], found: list[Change], problem: Callable[[
         if key in out:
             out[key] = copy.deepcopy(out[key])
     for change in found:
-        parent: Any = out
-        try:
-            for step in change.path[:-1]:
-                parent = parent[step]
-            current = parent[change.path[-1]]
-        except (KeyError, IndexError, TypeError):
-            raise Unmappable(problem(change)) from None
-        if current != change.before:
+        if _replace(out, change) != "replaced":
             raise Unmappable(problem(change))
-        parent[change.path[-1]] = change.after
     return out
 
 
@@ -253,14 +257,8 @@ class MaskedCalls:
             return record
         body = copy.deepcopy(record.request_body)
         for change in changes:
-            parent: Any = body
-            try:
-                for step in change.path[:-1]:
-                    parent = parent[step]
-                if parent[change.path[-1]] == change.before:
-                    parent[change.path[-1]] = change.after
-            except (KeyError, IndexError, TypeError):
-                continue
+            # A path this copy of the request lacks was masked where LiteLLM had it; nothing to do here.
+            _replace(body, change)
         return record.model_copy(update={"request_body": body})
 
     def tagged(self, record: Record) -> Record:
