@@ -191,3 +191,7 @@ class WorkerConfig(_Settings):
     backoff_base: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     backoff_max: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     metrics_port: int = Field(default=9191, ge=0, le=65535)
+
+
+# The guardrail's own keys in LiteLLM's ``litellm_params`` (the rest are LiteLLM's).
+GUARDRAIL_KEYS = frozenset(AktoSettings.model_fields) | set(QueueSettings.model_fields) | set(HookSettings.model_fields)

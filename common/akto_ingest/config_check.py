@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from .config import AktoSettings, HookSettings, QueueSettings
+from .config import GUARDRAIL_KEYS, AktoSettings, HookSettings, QueueSettings
 from .errors import ConfigError
 
 GUARDRAIL_CLASS = "AktoGuardrail"
@@ -74,13 +74,10 @@ def check_params(params: Mapping[str, Any], env: Mapping[str, str]) -> None:
                 f"{key}: {value!r} is not a whole number of seconds; "
                 "LiteLLM would start the proxy WITHOUT this guardrail"
             )
-    ours = {key: value for key, value in resolved.items() if key in _OUR_KEYS}
+    ours = {key: value for key, value in resolved.items() if key in GUARDRAIL_KEYS}
     AktoSettings.load(ours, env)
     QueueSettings.load(ours, env)
     HookSettings.load(ours, env)
-
-
-_OUR_KEYS = set(AktoSettings.model_fields) | set(QueueSettings.model_fields) | set(HookSettings.model_fields)
 
 
 def _resolved(value: Any, env: Mapping[str, str]) -> Any:

@@ -24,7 +24,7 @@ from litellm.types.guardrails import GuardrailEventHooks
 
 from akto_ingest import logs
 from akto_ingest.akto_client import AktoClient
-from akto_ingest.config import AktoSettings, HookSettings, OnFlagged, QueueSettings
+from akto_ingest.config import GUARDRAIL_KEYS, AktoSettings, HookSettings, OnFlagged, QueueSettings
 from akto_ingest.errors import ConfigError
 from akto_ingest.record import Record
 
@@ -37,7 +37,6 @@ from .spool import default_dir
 
 log = logging.getLogger("akto_hook")
 
-OUR_KEYS = set(AktoSettings.model_fields) | set(QueueSettings.model_fields) | set(HookSettings.model_fields)
 # Call ids blocked here; LiteLLM then reports the same call as a failure, which must not become a
 # second record. Bounded so it cannot grow with traffic.
 BLOCKED_MEMORY = 10_000
@@ -77,7 +76,7 @@ class AktoGuardrail(CustomGuardrail):
     def __init__(self, **kwargs: Any) -> None:
         logs.setup("akto_hook")
         env = os.environ
-        ours = {key: kwargs.pop(key) for key in list(kwargs) if key in OUR_KEYS}
+        ours = {key: kwargs.pop(key) for key in list(kwargs) if key in GUARDRAIL_KEYS}
         _resolve_on_flagged(ours, env)
         self.akto = AktoSettings.load(ours, env)
         self.queue = QueueSettings.load(ours, env)
