@@ -44,24 +44,39 @@ MONITOR_EXAMPLE = REPO / "deploy" / "litellm" / "config.monitor.yaml"
 DURING_EXAMPLE = REPO / "deploy" / "litellm" / "config.during-call.yaml"
 MASTER_KEY_SETTINGS = {"master_key": "os.environ/LITELLM_MASTER_KEY"}
 
+# How long the fake Akto takes to answer, in every section (and the wait control's wait).
+AKTO_DELAY_MS = 50
+
 # Proxy kinds, in the order the end-to-end tables list them.
 NONE = "none"
 NOOP = "noop-post"
+WAIT = "wait-pre"
+ASK = "ask-pre"
 OURS_MONITOR = "ours-monitor"
 OURS_BLOCK = "ours-block"
 OURS_DURING = "ours-during"
 BUILTIN_POST = "builtin-post"
+BUILTIN_PRE = "builtin-pre"
 BUILTIN_PREPOST = "builtin-pre+post"
-PROXY_KINDS = (NONE, NOOP, OURS_MONITOR, OURS_BLOCK, OURS_DURING, BUILTIN_POST, BUILTIN_PREPOST)
+PROXY_KINDS = (NONE, NOOP, WAIT, ASK, OURS_MONITOR, OURS_BLOCK, OURS_DURING, BUILTIN_POST, BUILTIN_PRE, BUILTIN_PREPOST)
+# The control guardrails (bench/controls.py) by proxy kind, and the mode each runs in.
+CONTROLS = {
+    NOOP: ("NoopGuardrail", "post_call"),
+    WAIT: ("WaitGuardrail", "pre_call"),
+    ASK: ("AskGuardrail", "pre_call"),
+}
 OURS = frozenset({OURS_MONITOR, OURS_BLOCK, OURS_DURING})
 
 LABELS = {
     NONE: "no guardrail",
     NOOP: "no-op post_call guardrail (control)",
+    WAIT: f"pre_call guardrail that only waits {AKTO_DELAY_MS} ms (control)",
+    ASK: "pre_call guardrail that only POSTs one check to the fake Akto (control)",
     OURS_MONITOR: "ours, monitor",
     OURS_BLOCK: "ours, block, pre_call",
     OURS_DURING: "ours, block, during_call",
     BUILTIN_POST: "built-in akto, post_call",
+    BUILTIN_PRE: "built-in akto, pre_call",
     BUILTIN_PREPOST: "built-in akto, pre_call+post_call",
 }
 # Every proxy serves both models: LiteLLM's in-process mock, and the fake model server (tests/fake_llm.py)
@@ -104,11 +119,9 @@ def proxy_config(kind: str, llm_url: str) -> str:
     models = model_list(llm_url)
     if kind == NONE:
         return str(yaml.safe_dump({"model_list": models, "general_settings": MASTER_KEY_SETTINGS}))
-    if kind == NOOP:
-        guardrail = {
-            "guardrail_name": "noop",
-            "litellm_params": {"guardrail": "bench.noop_guardrail.NoopGuardrail", "mode": "post_call"},
-        }
+    if kind in CONTROLS:
+        name, mode = CONTROLS[kind]
+        guardrail = {"guardrail_name": kind, "litellm_params": {"guardrail": f"bench.controls.{name}", "mode": mode}}
         config = {"model_list": models, "guardrails": [guardrail], "general_settings": MASTER_KEY_SETTINGS}
         return str(yaml.safe_dump(config, sort_keys=False))
     if kind == OURS_BLOCK:
@@ -119,6 +132,8 @@ def proxy_config(kind: str, llm_url: str) -> str:
         return litellm_config(MONITOR_EXAMPLE, models=models)
     if kind == BUILTIN_POST:
         return builtin_config(["post_call"], models)
+    if kind == BUILTIN_PRE:
+        return builtin_config(["pre_call"], models)
     if kind == BUILTIN_PREPOST:
         return builtin_config(["pre_call", "post_call"], models)
     raise ValueError(f"unknown proxy kind {kind}")
@@ -227,7 +242,10 @@ class Bench:
                 akto_url=self.akto.url,
                 redis_url=self.redis_url,
                 queue=self.e2e_queue,
-                env={"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))},
+                env={
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+                    "BENCH_WAIT_MS": str(AKTO_DELAY_MS),
+                },
             )
             self.proxies[kind] = proxy
             self.procs.append(proxy.proc)

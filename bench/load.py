@@ -53,10 +53,8 @@ async def drive(
     first_id: int = 0,
     model: str = "gpt-3.5-turbo",
     stream: bool = False,
-    pause_s: float = 0.0,
 ) -> LoadResult:
-    """Latency is until the last byte (a streamed answer: its last chunk). ``pause_s``: each client
-    waits this long before each request (the proxy idles meanwhile, as it does during a check)."""
+    """Latency is until the last byte (a streamed answer: its last chunk)."""
     host = urlparse(url).hostname
     if host not in LOOPBACK:
         raise ValueError(f"refusing to load {host}: the bench only targets this machine")
@@ -72,8 +70,6 @@ async def drive(
             if time.monotonic() > deadline:
                 result.timed_out = True
                 return
-            if pause_s:
-                await asyncio.sleep(pause_s)
             started = time.perf_counter()
             try:
                 async with session.post(endpoint, json=_body(next(ids), model, stream), headers=headers) as resp:

@@ -18,11 +18,10 @@ from akto_ingest.config import WorkerConfig
 from tests.stack import worker_env
 
 from . import procfs
-from .context import Bench
+from .context import AKTO_DELAY_MS, Bench
 from .hook import litellm_kwargs
 from .report import Row, Section, Target, margin
 
-AKTO_DELAY_MS = 50
 RECORD_GOAL = 1_500
 BATCH_GOAL = 10_000
 BACKLOG = 60_000
