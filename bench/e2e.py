@@ -253,7 +253,8 @@ def _judge(
                 bound=f"the controls, side by side: a pre_call guardrail that only waits {AKTO_DELAY_MS} ms adds "
                 f"{wait.p(50) - none_p50:+.2f} ms (LiteLLM's pre_call plumbing and the proxy idling mid-request: "
                 f"every pre_call guardrail pays it); one that only POSTs a fixed check to the fake Akto adds "
-                f"{ask.p(50) - none_p50:+.2f} ms (the round trip costs {ask.p(50) - wait.p(50):+.2f} ms over the wait); "
+                f"{ask.p(50) - none_p50:+.2f} ms (the round trip costs {ask.p(50) - wait.p(50):+.2f} ms over the "
+                "wait); "
                 f"ours adds {blk.p(50) - ask.p(50):+.2f} ms over that control (building the check from the "
                 "request, reading the verdict, the record written after the response)",
             )
