@@ -25,7 +25,9 @@ log = logging.getLogger("akto_hook")
 REQUEST_FIELDS = ("model", "messages", "tools", "tool_choice", "functions", "input", "prompt", "system", "instructions")
 
 
-def _dict(value: Any) -> dict[str, Any]:
+def as_dict(value: Any) -> dict[str, Any]:
+    """``value`` when it is a dict, else an empty one: LiteLLM's kwargs hold None or other types where
+    a dict is usual."""
     return value if isinstance(value, dict) else {}
 
 
@@ -78,8 +80,8 @@ def _base(
         "mode": mode,
         "path": _path(request, meta),
         "method": str(request.get("method") or "POST"),
-        "request_headers": _dict(request.get("headers")),
-        "request_body": _request_body(_dict(request.get("body")), fallback),
+        "request_headers": as_dict(request.get("headers")),
+        "request_body": _request_body(as_dict(request.get("body")), fallback),
         "client_ip": str(meta.get("requester_ip_address") or "127.0.0.1"),
         "session_id": _session(meta.get("session_id"), meta.get("trace_id")),
         "metadata": _metadata(meta),
@@ -90,18 +92,18 @@ def from_request(data: Mapping[str, Any], mode: OnFlagged) -> Record:
     """The record of a request as the pre-call hook sees it (no response yet)."""
     # Chat keeps LiteLLM's metadata in "metadata"; /v1/messages and /v1/responses in "litellm_metadata",
     # where "metadata" is the client's own (Anthropic's metadata.user_id, for one).
-    meta = {**_dict(data.get("metadata")), **_dict(data.get("litellm_metadata"))}
-    request = _dict(data.get("proxy_server_request"))
+    meta = {**as_dict(data.get("metadata")), **as_dict(data.get("litellm_metadata"))}
+    request = as_dict(data.get("proxy_server_request"))
     base = _base(call_id=data.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=data)
     base["session_id"] = _session(data.get("litellm_session_id"), base["session_id"])
     return Record(**base)
 
 
 def _from_log(kwargs: Mapping[str, Any], mode: OnFlagged) -> dict[str, Any]:
-    params = _dict(kwargs.get("litellm_params"))
-    slo = _dict(kwargs.get("standard_logging_object"))
-    meta = {**_dict(params.get("metadata")), **_dict(slo.get("metadata"))}
-    request = _dict(params.get("proxy_server_request"))
+    params = as_dict(kwargs.get("litellm_params"))
+    slo = as_dict(kwargs.get("standard_logging_object"))
+    meta = {**as_dict(params.get("metadata")), **as_dict(slo.get("metadata"))}
+    request = as_dict(params.get("proxy_server_request"))
     fallback = {"model": kwargs.get("model"), "messages": kwargs.get("messages") or slo.get("messages")}
     base = _base(call_id=kwargs.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=fallback)
     base["session_id"] = _session(params.get("litellm_session_id"), slo.get("session_id"), base["session_id"])
@@ -114,7 +116,7 @@ def _from_log(kwargs: Mapping[str, Any], mode: OnFlagged) -> dict[str, Any]:
 
 def from_success(kwargs: Mapping[str, Any], response: Any, mode: OnFlagged) -> Record:
     """The record of a completed call; a streamed response arrives here once, assembled."""
-    slo = _dict(kwargs.get("standard_logging_object"))
+    slo = as_dict(kwargs.get("standard_logging_object"))
     body = slo.get("response")
     if not isinstance(body, dict):
         body = response.model_dump() if hasattr(response, "model_dump") else {}
@@ -123,8 +125,8 @@ def from_success(kwargs: Mapping[str, Any], response: Any, mode: OnFlagged) -> R
 
 def from_failure(kwargs: Mapping[str, Any], mode: OnFlagged) -> Record:
     """The record of a call that failed at the LLM, with the error status the client got."""
-    slo = _dict(kwargs.get("standard_logging_object"))
-    error = _dict(slo.get("error_information"))
+    slo = as_dict(kwargs.get("standard_logging_object"))
+    error = as_dict(slo.get("error_information"))
     exception = kwargs.get("exception")
     status = _status(error.get("error_code")) or _status(getattr(exception, "status_code", None)) or 500
     message = error.get("error_message") or str(exception or "LLM call failed")

@@ -25,6 +25,7 @@ from akto_ingest.config import OnFlagged
 from akto_ingest.record import Record
 
 from . import attachments, capture
+from .capture import as_dict
 
 MCP_PATH = "/mcp"
 TOOL_CALL = "call_mcp_tool"
@@ -37,13 +38,9 @@ PRE_MCP_CALL = "pre_mcp_call"
 TOOL_RESULT_ERROR = "MCPToolResultError"
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def call_type_of(kwargs: Mapping[str, Any]) -> str:
     """The call type of a logging callback's ``kwargs`` ("" when it has none)."""
-    call_type = kwargs.get("call_type") or _dict(kwargs.get("standard_logging_object")).get("call_type")
+    call_type = kwargs.get("call_type") or as_dict(kwargs.get("standard_logging_object")).get("call_type")
     return str(getattr(call_type, "value", call_type) or "")
 
 
@@ -123,8 +120,8 @@ def from_pre_call(data: Mapping[str, Any], call_type: Any) -> Record:
 
 
 def _tool_call(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    slo_meta = _dict(_dict(kwargs.get("standard_logging_object")).get("metadata"))
-    call = _dict(kwargs.get("mcp_tool_call_metadata")) or _dict(slo_meta.get("mcp_tool_call_metadata"))
+    slo_meta = as_dict(as_dict(kwargs.get("standard_logging_object")).get("metadata"))
+    call = as_dict(kwargs.get("mcp_tool_call_metadata")) or as_dict(slo_meta.get("mcp_tool_call_metadata"))
     tags = _tags(call.get("mcp_server_name"), call.get("name"), "tool_call")
     if call.get("mcp_session_id"):
         tags["mcp_session_id"] = str(call["mcp_session_id"])

@@ -176,10 +176,15 @@ class ResponseCheck:
             await self._refuse(data, body, reason, result)
             raise Refused(400, reason)
         if result.flagged:
+            metrics.count_violation("flagged", result)
             log.warning(
-                "akto flagged the response call_id=%s reason=%r behaviour=%s (not blocking)",
+                "akto flagged the response call_id=%s reason=%r policy=%r rule=%r severity=%s behaviour=%s "
+                "(not blocking)",
                 record.id,
                 result.reason,
+                result.policy,
+                result.rule,
+                result.severity or "-",
                 result.behaviour,
             )
         if result.modified_payload is None:

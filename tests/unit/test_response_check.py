@@ -173,3 +173,19 @@ async def test_an_anthropic_stream_ends_with_an_error_event_instead_of_message_s
 
     clean = anthropic_events("All ", "fine")
     assert await drain(checker(fake_akto, []).stream(chunks_of(clean), dict(DATA))) == clean
+
+
+async def test_a_flagged_response_passes_and_is_counted_and_logged_with_its_policy(
+    fake_akto: FakeAkto, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_akto.configure(
+        behaviour="alert", metadata={"policy_name": "Secrets Watch", "rule_violated": "key", "severity": "MEDIUM"}
+    )
+    blocked: list[Record] = []
+    before = metrics.VIOLATIONS.labels("flagged", "medium", "Secrets Watch")._value.get()
+    response = completion("my ssn is 1")
+    assert await checker(fake_akto, blocked).checked(dict(DATA), response) is response
+    assert blocked == []
+    assert metrics.VIOLATIONS.labels("flagged", "medium", "Secrets Watch")._value.get() == before + 1
+    (line,) = [r.getMessage() for r in caplog.records if "flagged the response" in r.getMessage()]
+    assert "policy='Secrets Watch'" in line and "rule='key'" in line and "severity=medium" in line
