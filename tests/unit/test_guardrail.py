@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -170,6 +171,40 @@ async def test_akto_failing_open_is_no_verdict_under_either_fallback(
         assert refused.value.status_code == 503
         assert "Akto guardrail unavailable: Akto's guardrail failed open" in refused.value.detail
     assert fallbacks(fallback, "akto_fail_open") == before + 1
+
+
+def akto_answers(guard: AktoGuardrail, result: dict[str, Any]) -> None:
+    """Make every Akto call of ``guard`` answer 200 with ``result`` as its guardrailsResult."""
+    body = json.dumps({"success": True, "data": {"success": True, "guardrailsResult": result}}).encode()
+
+    async def post(path: str, data: bytes, params: Any = None, time_limit: Any = None) -> tuple[int, bytes]:
+        return 200, body
+
+    guard._akto._post = post  # type: ignore[method-assign]
+
+
+async def test_a_block_verdict_with_allowed_as_text_is_no_verdict(
+    live: Callable[..., Awaitable[AktoGuardrail]],
+) -> None:
+    guard = await live()
+    akto_answers(guard, {"Allowed": "false", "Reason": "Prompt injection detected", "behaviour": "block"})
+    before = fallbacks("fail_closed", "unreadable_body")
+    with pytest.raises(HTTPException) as refused:
+        await pre_call(guard, chat(INJECTION, "call-allowed-text"))
+    assert refused.value.status_code == 503
+    assert fallbacks("fail_closed", "unreadable_body") == before + 1
+
+
+@pytest.mark.parametrize("payload", ["", {"body": "{}"}])
+async def test_a_mask_akto_sent_unreadable_never_lets_the_unmasked_text_through(
+    live: Callable[..., Awaitable[AktoGuardrail]], payload: object
+) -> None:
+    guard = await live(unreachable_fallback="fail_open")
+    akto_answers(guard, {"Allowed": True, "Modified": True, "ModifiedPayload": payload})
+    with pytest.raises(HTTPException) as refused:
+        await pre_call(guard, chat("card 4111-1111-1111-1111", "call-mask-unreadable"))
+    assert refused.value.status_code == 400
+    assert refused.value.detail.startswith("Akto masked this request, and the mask cannot be applied")
 
 
 async def test_a_long_prompt_is_checked_in_parts_never_refused_for_its_size(
