@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import litellm
 import pytest
 from fastapi import HTTPException
 from litellm.types.guardrails import LitellmParams
@@ -205,6 +206,34 @@ async def test_a_mask_akto_sent_unreadable_never_lets_the_unmasked_text_through(
         await pre_call(guard, chat("card 4111-1111-1111-1111", "call-mask-unreadable"))
     assert refused.value.status_code == 400
     assert refused.value.detail.startswith("Akto masked this request, and the mask cannot be applied")
+
+
+@pytest.mark.parametrize("setting", ["run_in_parallel", "scan_raw_request"])
+async def test_a_mask_is_refused_where_litellm_discards_what_the_guardrail_returns(
+    live: Callable[..., Awaitable[AktoGuardrail]],
+    fake_akto: FakeAkto,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+) -> None:
+    from litellm.proxy._types import UserAPIKeyAuth
+    from litellm.proxy.common_utils.user_api_key_cache import UserApiKeyCache
+    from litellm.proxy.utils import ProxyLogging
+
+    guard = await live(default_on=True, **{setting: True})
+    fake_akto.configure(masks={"4111-1111-1111-1111": "[CARD]"})
+    monkeypatch.setattr(litellm, "callbacks", [guard])
+    monkeypatch.setattr(ProxyLogging, "_callback_capabilities_cache", {})
+    proxy = ProxyLogging(user_api_key_cache=UserApiKeyCache())
+    # LiteLLM's own pre-call path: with either setting it keeps the request as it was, so the
+    # unmasked card number would reach the LLM if the mask were not refused.
+    with pytest.raises(HTTPException) as refused:
+        await proxy.pre_call_hook(
+            user_api_key_dict=UserAPIKeyAuth(),
+            data=chat("card 4111-1111-1111-1111", "call-mask-parallel"),
+            call_type="completion",
+        )
+    assert refused.value.status_code == 400
+    assert "run_in_parallel or scan_raw_request" in refused.value.detail
 
 
 async def test_a_long_prompt_is_checked_in_parts_never_refused_for_its_size(
