@@ -236,6 +236,27 @@ async def test_a_mask_is_refused_where_litellm_discards_what_the_guardrail_retur
     assert "run_in_parallel or scan_raw_request" in refused.value.detail
 
 
+async def test_the_check_sees_the_messages_litellm_sends_not_the_clients_original(
+    live: Callable[..., Awaitable[AktoGuardrail]], fake_akto: FakeAkto
+) -> None:
+    guard = await live()
+    # A prompt template (prompt_id): LiteLLM renders the client's prompt_variables into
+    # data["messages"] before the guardrails run; proxy_server_request keeps the original request.
+    original = {"model": "gpt-4o", "prompt_id": "support", "prompt_variables": {"question": INJECTION}}
+    data = {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "You answer support questions."},
+            {"role": "user", "content": INJECTION},
+        ],
+        "litellm_call_id": "call-template",
+        "proxy_server_request": {"method": "POST", "headers": {}, "body": original},
+    }
+    with pytest.raises(HTTPException) as blocked:
+        await pre_call(guard, data)
+    assert (blocked.value.status_code, blocked.value.detail) == (400, "Prompt injection detected")
+
+
 async def test_a_long_prompt_is_checked_in_parts_never_refused_for_its_size(
     live: Callable[..., Awaitable[AktoGuardrail]], fake_akto: FakeAkto
 ) -> None:
