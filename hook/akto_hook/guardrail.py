@@ -186,6 +186,11 @@ class AktoGuardrail(CustomGuardrail):
         try:
             await self._checked(data, during_call=True)
             passed = True
+        except asyncio.CancelledError:
+            # LiteLLM cancels the check when the client leaves or the LLM call fails. Unless it had
+            # already blocked (and written the blocked record), the LLM's own record is the call's one.
+            passed = call_id not in self._blocked
+            raise
         finally:
             self._checking.pop(call_id, None)
             if not passed:
