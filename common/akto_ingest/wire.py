@@ -244,7 +244,10 @@ def parse_verdict(body: Any) -> Verdict:
         raise AktoBadResponse(f"guardrailsResult Allowed is {type(allowed).__name__}, not a boolean")
     reason = _pick(result, "Reason", "reason") or ""
     behaviour = _pick(result, "behaviour", "Behaviour", "behavior") or ""
-    fail_open = _pick(result, "failOpen", "FailOpen", "fail_open") is True
+    fail_open = _pick(result, "failOpen", "FailOpen", "fail_open")
+    if fail_open is not None and not isinstance(fail_open, bool):
+        raise AktoBadResponse(f"guardrailsResult failOpen is {type(fail_open).__name__}, not a boolean")
+    fail_open = fail_open is True
     error = str(_pick(result, "error", "Error") or "") if fail_open else ""
     meta = _pick(result, "Metadata", "metadata")
     meta = meta if isinstance(meta, dict) else {}

@@ -307,6 +307,7 @@ def test_non_object_guardrails_result_is_a_bad_response() -> None:
         {"Allowed": "false", "Reason": "Prompt injection detected", "behaviour": "block"},
         {"Allowed": 0, "Reason": "Prompt injection detected"},
         {"Allowed": True, "Modified": "true", "ModifiedPayload": '{"body": "{}"}'},
+        {"Allowed": True, "failOpen": "true", "error": "guardrail engine timed out"},
     ],
 )
 def test_a_verdict_flag_that_is_not_a_boolean_is_a_bad_response(result: dict[str, object]) -> None:
