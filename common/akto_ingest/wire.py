@@ -239,16 +239,28 @@ def parse_verdict(body: Any) -> Verdict:
     allowed = _pick(result, "Allowed", "allowed")
     if allowed is None:
         return ALLOW
+    if not isinstance(allowed, bool):
+        # Read as truthy, "false" would allow the request Akto refused.
+        raise AktoBadResponse(f"guardrailsResult Allowed is {type(allowed).__name__}, not a boolean")
     reason = _pick(result, "Reason", "reason") or ""
     behaviour = _pick(result, "behaviour", "Behaviour", "behavior") or ""
-    fail_open = _pick(result, "failOpen", "FailOpen", "fail_open") is True
+    fail_open = _pick(result, "failOpen", "FailOpen", "fail_open")
+    if fail_open is not None and not isinstance(fail_open, bool):
+        raise AktoBadResponse(f"guardrailsResult failOpen is {type(fail_open).__name__}, not a boolean")
+    fail_open = fail_open is True
     error = str(_pick(result, "error", "Error") or "") if fail_open else ""
     meta = _pick(result, "Metadata", "metadata")
     meta = meta if isinstance(meta, dict) else {}
-    modified = _pick(result, "Modified", "modified") is True
+    modified = _pick(result, "Modified", "modified")
+    if modified is not None and not isinstance(modified, bool):
+        raise AktoBadResponse(f"guardrailsResult Modified is {type(modified).__name__}, not a boolean")
     payload = _pick(result, "ModifiedPayload", "modifiedPayload", "modified_payload")
+    if modified and not (isinstance(payload, str) and payload):
+        # Akto masked something we cannot read: an empty payload is a mask that cannot be applied,
+        # so the unmasked text is refused rather than sent on.
+        payload = ""
     return Verdict(
-        allowed=bool(allowed),
+        allowed=allowed,
         reason=str(reason),
         behaviour=str(behaviour).lower(),
         fail_open=fail_open,
@@ -256,5 +268,5 @@ def parse_verdict(body: Any) -> Verdict:
         policy=str(meta.get("policy_name") or ""),
         rule=str(meta.get("rule_violated") or ""),
         severity=str(meta.get("severity") or "").lower(),
-        modified_payload=payload if modified and isinstance(payload, str) and payload else None,
+        modified_payload=payload if modified else None,
     )

@@ -94,6 +94,10 @@ def from_request(data: Mapping[str, Any], mode: OnFlagged) -> Record:
     # where "metadata" is the client's own (Anthropic's metadata.user_id, for one).
     meta = {**as_dict(data.get("metadata")), **as_dict(data.get("litellm_metadata"))}
     request = as_dict(data.get("proxy_server_request"))
+    if any(data.get(key) is not None for key in REQUEST_FIELDS):
+        # What the LLM gets wins: LiteLLM rewrites ``data`` before the guardrails run (a prompt
+        # template's messages replace the client's), while ``proxy_server_request`` keeps the original.
+        request = {**request, "body": {**as_dict(request.get("body")), **data}}
     base = _base(call_id=data.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=data)
     base["session_id"] = _session(data.get("litellm_session_id"), base["session_id"])
     return Record(**base)

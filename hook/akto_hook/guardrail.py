@@ -186,6 +186,11 @@ class AktoGuardrail(CustomGuardrail):
         try:
             await self._checked(data, during_call=True)
             passed = True
+        except asyncio.CancelledError:
+            # LiteLLM cancels the check when the client leaves or the LLM call fails. Unless it had
+            # already blocked (and written the blocked record), the LLM's own record is the call's one.
+            passed = call_id not in self._blocked
+            raise
         finally:
             self._checking.pop(call_id, None)
             if not passed:
@@ -275,7 +280,11 @@ class AktoGuardrail(CustomGuardrail):
     ) -> dict[str, Any]:
         """``data`` with Akto's mask applied (``masking.py``); 400 when it cannot be."""
         try:
-            masked, found = masking.masked_call(data, record, decision, during_call=during_call)
+            # LiteLLM runs such a guardrail on a copy, or beside the others, and keeps none of its changes.
+            discarded = bool(getattr(self, "run_in_parallel", False) or getattr(self, "scan_raw_request", False))
+            masked, found = masking.masked_call(
+                data, record, decision, during_call=during_call, returns_discarded=discarded
+            )
         except masking.Unmappable as exc:
             metrics.BLOCKED.inc()
             self._remember_blocked(record.id)

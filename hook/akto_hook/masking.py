@@ -150,14 +150,20 @@ def recorded_request(body: dict[str, Any], masks: Iterable[Mask], *, split: bool
 
 
 def masked_call(
-    data: dict[str, Any], record: Record, decision: Decision, *, during_call: bool
+    data: dict[str, Any], record: Record, decision: Decision, *, during_call: bool, returns_discarded: bool = False
 ) -> tuple[dict[str, Any], list[Change]]:
     """The block-mode check's masks applied to LiteLLM's request ``data`` (``record`` is the request
-    as checked): the masked ``data`` and the changes, or :class:`Unmappable` with the client's reason."""
+    as checked): the masked ``data`` and the changes, or :class:`Unmappable` with the client's reason.
+    ``returns_discarded``: LiteLLM throws away the request this guardrail returns."""
     try:
         if during_call:
             raise Unmappable(
                 "mode during_call cannot apply it: the prompt was already sent to the LLM (use mode pre_call)"
+            )
+        if returns_discarded:
+            raise Unmappable(
+                "LiteLLM discards the request a guardrail with run_in_parallel or scan_raw_request returns "
+                "(remove that setting to mask)"
             )
         found = request_changes(record.request_body, decision.masks, split=decision.split)
         return masked_request(data, found), found

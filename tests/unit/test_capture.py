@@ -332,6 +332,7 @@ def test_system_and_instructions_are_kept_and_attachments_summarized() -> None:
         "max_tokens": 10,
     }
     data["proxy_server_request"]["body"] = body
+    data.update(copy.deepcopy(body))  # LiteLLM's data holds the request it forwards
     record = capture.from_request(data, "block")
     assert record.request_body["system"] == "anthropic system prompt"
     assert record.request_body["instructions"] == "responses instructions"

@@ -108,3 +108,21 @@ async def test_the_check_is_reported_to_litellm_as_a_during_call_run(guard: Akto
     for checked, status in ((data, "success"), (blocked, "guardrail_intervened")):
         [entry] = checked["metadata"]["standard_logging_guardrail_information"]
         assert (entry["guardrail_mode"], entry["guardrail_status"]) == ("during_call", status)
+
+
+async def test_a_check_cancelled_after_the_llm_answered_keeps_the_llms_record(
+    guard: AktoGuardrail, real_redis: Redis, queue_name: str
+) -> None:
+    # LiteLLM cancels the check when the client leaves (cancel_on_disconnect): the prompt reached the
+    # LLM and was answered, so the call still has its one record.
+    data = request("Hello", "call-gone")
+    check = asyncio.create_task(guard.async_moderation_hook(data, None, "acompletion"))
+    await asyncio.sleep(0.05)
+    logged = asyncio.create_task(guard.async_log_success_event(success_kwargs(data), None, None, None))
+    await asyncio.sleep(0.01)
+    assert not logged.done(), "the success log waits for the verdict"
+    check.cancel()
+    await asyncio.gather(check, return_exceptions=True)
+    await logged
+    (record,) = await records(real_redis, queue_name)
+    assert record["id"] == "call-gone" and record["status_code"] == 200

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import litellm
 import pytest
 from fastapi import HTTPException
 from litellm.types.guardrails import LitellmParams
@@ -170,6 +172,89 @@ async def test_akto_failing_open_is_no_verdict_under_either_fallback(
         assert refused.value.status_code == 503
         assert "Akto guardrail unavailable: Akto's guardrail failed open" in refused.value.detail
     assert fallbacks(fallback, "akto_fail_open") == before + 1
+
+
+def akto_answers(guard: AktoGuardrail, result: dict[str, Any]) -> None:
+    """Make every Akto call of ``guard`` answer 200 with ``result`` as its guardrailsResult."""
+    body = json.dumps({"success": True, "data": {"success": True, "guardrailsResult": result}}).encode()
+
+    async def post(path: str, data: bytes, params: Any = None, time_limit: Any = None) -> tuple[int, bytes]:
+        return 200, body
+
+    guard._akto._post = post  # type: ignore[method-assign]
+
+
+async def test_a_block_verdict_with_allowed_as_text_is_no_verdict(
+    live: Callable[..., Awaitable[AktoGuardrail]],
+) -> None:
+    guard = await live()
+    akto_answers(guard, {"Allowed": "false", "Reason": "Prompt injection detected", "behaviour": "block"})
+    before = fallbacks("fail_closed", "unreadable_body")
+    with pytest.raises(HTTPException) as refused:
+        await pre_call(guard, chat(INJECTION, "call-allowed-text"))
+    assert refused.value.status_code == 503
+    assert fallbacks("fail_closed", "unreadable_body") == before + 1
+
+
+@pytest.mark.parametrize("payload", ["", {"body": "{}"}])
+async def test_a_mask_akto_sent_unreadable_never_lets_the_unmasked_text_through(
+    live: Callable[..., Awaitable[AktoGuardrail]], payload: object
+) -> None:
+    guard = await live(unreachable_fallback="fail_open")
+    akto_answers(guard, {"Allowed": True, "Modified": True, "ModifiedPayload": payload})
+    with pytest.raises(HTTPException) as refused:
+        await pre_call(guard, chat("card 4111-1111-1111-1111", "call-mask-unreadable"))
+    assert refused.value.status_code == 400
+    assert refused.value.detail.startswith("Akto masked this request, and the mask cannot be applied")
+
+
+@pytest.mark.parametrize("setting", ["run_in_parallel", "scan_raw_request"])
+async def test_a_mask_is_refused_where_litellm_discards_what_the_guardrail_returns(
+    live: Callable[..., Awaitable[AktoGuardrail]],
+    fake_akto: FakeAkto,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+) -> None:
+    from litellm.proxy._types import UserAPIKeyAuth
+    from litellm.proxy.common_utils.user_api_key_cache import UserApiKeyCache
+    from litellm.proxy.utils import ProxyLogging
+
+    guard = await live(default_on=True, **{setting: True})
+    fake_akto.configure(masks={"4111-1111-1111-1111": "[CARD]"})
+    monkeypatch.setattr(litellm, "callbacks", [guard])
+    monkeypatch.setattr(ProxyLogging, "_callback_capabilities_cache", {})
+    proxy = ProxyLogging(user_api_key_cache=UserApiKeyCache())
+    # LiteLLM's own pre-call path: with either setting it keeps the request as it was, so the
+    # unmasked card number would reach the LLM if the mask were not refused.
+    with pytest.raises(HTTPException) as refused:
+        await proxy.pre_call_hook(
+            user_api_key_dict=UserAPIKeyAuth(),
+            data=chat("card 4111-1111-1111-1111", "call-mask-parallel"),
+            call_type="completion",
+        )
+    assert refused.value.status_code == 400
+    assert "run_in_parallel or scan_raw_request" in refused.value.detail
+
+
+async def test_the_check_sees_the_messages_litellm_sends_not_the_clients_original(
+    live: Callable[..., Awaitable[AktoGuardrail]], fake_akto: FakeAkto
+) -> None:
+    guard = await live()
+    # A prompt template (prompt_id): LiteLLM renders the client's prompt_variables into
+    # data["messages"] before the guardrails run; proxy_server_request keeps the original request.
+    original = {"model": "gpt-4o", "prompt_id": "support", "prompt_variables": {"question": INJECTION}}
+    data = {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "You answer support questions."},
+            {"role": "user", "content": INJECTION},
+        ],
+        "litellm_call_id": "call-template",
+        "proxy_server_request": {"method": "POST", "headers": {}, "body": original},
+    }
+    with pytest.raises(HTTPException) as blocked:
+        await pre_call(guard, data)
+    assert (blocked.value.status_code, blocked.value.detail) == (400, "Prompt injection detected")
 
 
 async def test_a_long_prompt_is_checked_in_parts_never_refused_for_its_size(

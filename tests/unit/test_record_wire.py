@@ -301,6 +301,28 @@ def test_non_object_guardrails_result_is_a_bad_response() -> None:
         parse_verdict(answer("blocked"))
 
 
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"Allowed": "false", "Reason": "Prompt injection detected", "behaviour": "block"},
+        {"Allowed": 0, "Reason": "Prompt injection detected"},
+        {"Allowed": True, "Modified": "true", "ModifiedPayload": '{"body": "{}"}'},
+        {"Allowed": True, "failOpen": "true", "error": "guardrail engine timed out"},
+    ],
+)
+def test_a_verdict_flag_that_is_not_a_boolean_is_a_bad_response(result: dict[str, object]) -> None:
+    # Read for its truth, the string "false" would allow what Akto refused.
+    with pytest.raises(AktoBadResponse, match="not a boolean"):
+        parse_verdict(answer(result))
+
+
+@pytest.mark.parametrize("payload", ["", None, {"body": "{}"}, 7])
+def test_a_mask_whose_payload_cannot_be_read_is_kept_as_an_empty_mask(payload: object) -> None:
+    # An empty payload is a mask that cannot be applied (the request is refused), not no mask at all.
+    verdict = parse_verdict(answer({"Allowed": True, "Modified": True, "ModifiedPayload": payload}))
+    assert verdict.modified_payload == ""
+
+
 # -- sizes ---------------------------------------------------------------------------------------
 
 
