@@ -274,8 +274,8 @@ def test_allowed_verdict_with_fail_open() -> None:
     assert (verdict.allowed, verdict.blocks, verdict.flagged) == (True, False, False)
 
 
-@pytest.mark.parametrize("behaviour", ["alert", "warn", "Alert", "WARN"])
-def test_alert_and_warn_are_flagged_but_do_not_block(behaviour: str) -> None:
+@pytest.mark.parametrize("behaviour", ["alert", "warn", "approval", "Alert", "WARN", "Approval"])
+def test_alert_warn_and_approval_are_flagged_but_do_not_block(behaviour: str) -> None:
     verdict = parse_verdict(answer({"Allowed": False, "Reason": "PII detected", "behaviour": behaviour}))
     assert verdict.flagged is True
     assert verdict.blocks is False
