@@ -156,7 +156,13 @@ def encode_job(job: dict[str, Any]) -> bytes:
 def decode_job(raw: bytes) -> dict[str, Any]:
     """arq's job deserializer. Never raises: a job that is not ours becomes a dead-letter call."""
     try:
-        job = orjson.loads(raw)
+        try:
+            job = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            # The claim script copies inbox entries into the job byte for byte: one entry that is
+            # not UTF-8 would make its whole batch one undecodable dead letter. Its bad bytes become
+            # U+FFFD (as the spool's replay does), and every other record of the batch goes on.
+            job = orjson.loads(raw.decode(errors="replace"))
         if isinstance(job, dict) and job.get("f") in JOB_FUNCTIONS and isinstance(job.get("a"), list):
             job.setdefault("k", {})
             job.setdefault("t", 1)
