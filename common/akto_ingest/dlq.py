@@ -64,8 +64,11 @@ _PUT_LUA = """
 for i = 1, #ARGV, 6 do
   local id, entry = ARGV[i], ARGV[i + 2]
   local held = redis.call('HGET', KEYS[1], id)
-  if held and cjson.decode(held)['record'] ~= ARGV[i + 4] then
-    id, entry = ARGV[i + 1], ARGV[i + 3]
+  if held then
+    local read, letter = pcall(cjson.decode, held)
+    if not (read and type(letter) == 'table' and letter['record'] == ARGV[i + 4]) then
+      id, entry = ARGV[i + 1], ARGV[i + 3]
+    end
   end
   redis.call('HSET', KEYS[1], id, entry)
   redis.call('ZADD', KEYS[2], ARGV[i + 5], id)

@@ -89,6 +89,16 @@ async def test_different_records_with_one_call_id_are_each_kept(real_redis: Any,
     assert sorted(await real_redis.lrange(inbox_key(queue_name), 0, -1)) == [b"first", b"second", b"third"]
 
 
+async def test_an_entry_that_cannot_be_read_does_not_stop_storing_under_its_id(
+    real_redis: Any, queue_name: str
+) -> None:
+    await real_redis.hset(dlq_key(queue_name), "shared", "not an entry")
+    await dlq.put(real_redis, queue_name, [letter("rec", "shared", 1)])
+    [kept] = await dlq.get_many(real_redis, queue_name, await dlq.all_ids(real_redis, queue_name))
+    assert kept.record == "rec" and kept.id.startswith("shared~")
+    assert await real_redis.hget(dlq_key(queue_name), "shared") == b"not an entry"
+
+
 async def test_replay_puts_records_back_unchanged_and_removes_entries(fake_redis: Any) -> None:
     record_a = '{"id":"a","mode":"block","request_body":{"x":"é/\\""}}'
     record_b = '{"id":"b","mode":"monitor"}'
