@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     letters = commands.add_parser("dlq", help="the dead-letter store").add_subparsers(dest="dlq_command", required=True)
     ls = letters.add_parser("list", help="dead letters, oldest first")
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--limit", type=_positive, default=50)
     ls.add_argument("--json", action="store_true")
     show = letters.add_parser("show", help="one dead letter with its record")
     show.add_argument("id")

@@ -101,3 +101,12 @@ async def test_status_counts_only_its_own_queues_jobs_in_progress(real_redis: An
             other, job_key_prefix + theirs, in_progress_key_prefix + mine, in_progress_key_prefix + theirs
         )
     assert result["in_progress_jobs"] == 1
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_dlq_list_refuses_a_limit_that_is_not_positive(limit: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Redis reads a ZRANGE stop of -1 as "to the end": --limit 0 listed every dead letter, records and all.
+    with pytest.raises(SystemExit) as exited:
+        main(["--redis-url", "redis://127.0.0.1:1/0", "dlq", "list", "--limit", limit])
+    assert exited.value.code == 2
+    assert f"{limit!r} is not a positive whole number" in capsys.readouterr().err
