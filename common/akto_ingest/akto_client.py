@@ -64,7 +64,9 @@ class AktoClient:
         session = self._get_session()
         limit = self._timeout if time_limit is None else aiohttp.ClientTimeout(total=time_limit)
         try:
-            async with session.post(self._url(path, params), data=data, timeout=limit) as resp:
+            # A redirect is an answer, not a delivery: aiohttp would follow a 301 or 302 to this POST
+            # with a GET without the body, and count the page it lands on as Akto taking the records.
+            async with session.post(self._url(path, params), data=data, timeout=limit, allow_redirects=False) as resp:
                 return resp.status, await resp.read()
         except TimeoutError:
             raise AktoUnreachable(f"no answer from Akto within {limit.total}s") from None

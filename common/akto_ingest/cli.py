@@ -52,9 +52,15 @@ async def status(redis: Redis, queue: str) -> dict[str, Any]:
         pipe.hgetall(spool_status_key(queue))
         pipe.hgetall(heartbeat_key(queue))
         oldest_inbox, oldest_job, dead, health, spools, beats = await pipe.execute()
-    in_progress = 0
-    async for _ in redis.scan_iter(match=in_progress_key_prefix + "*", count=1000):
-        in_progress += 1
+    # arq's in-progress keys do not name their queue; a running job is still in its queue's set.
+    running = [
+        key[len(in_progress_key_prefix) :]
+        async for key in redis.scan_iter(match=in_progress_key_prefix + "*", count=1000)
+    ]
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in running:
+            pipe.zscore(queue, job_id)
+        in_progress = sum(score is not None for score in await pipe.execute())
     oldest_ms = None
     if oldest_inbox:
         try:
@@ -197,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     letters = commands.add_parser("dlq", help="the dead-letter store").add_subparsers(dest="dlq_command", required=True)
     ls = letters.add_parser("list", help="dead letters, oldest first")
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--limit", type=_positive, default=50)
     ls.add_argument("--json", action="store_true")
     show = letters.add_parser("show", help="one dead letter with its record")
     show.add_argument("id")

@@ -56,14 +56,48 @@ def make(
     )
 
 
+# KEYS: dead-letter hash, its index. ARGV: six per letter: its id, the id it takes when a different
+# record already holds that one, its entry under each of the two, its record, its failure time.
+# A call id is not unique to one record (a client may send x-litellm-call-id, an SDK caller may
+# pass litellm_call_id), so only the same record dead-lettered again may replace an entry.
+_PUT_LUA = """
+for i = 1, #ARGV, 6 do
+  local id, entry = ARGV[i], ARGV[i + 2]
+  local held = redis.call('HGET', KEYS[1], id)
+  if held then
+    local read, letter = pcall(cjson.decode, held)
+    if not (read and type(letter) == 'table' and letter['record'] == ARGV[i + 4]) then
+      id, entry = ARGV[i + 1], ARGV[i + 3]
+    end
+  end
+  redis.call('HSET', KEYS[1], id, entry)
+  redis.call('ZADD', KEYS[2], ARGV[i + 5], id)
+end
+return #ARGV / 6
+"""
+
+
+def _other_record_id(letter: DeadLetter) -> str:
+    """The id a letter takes when a different record holds its own: stable for the same record."""
+    return f"{letter.id}~{hashlib.sha256(letter.record.encode()).hexdigest()[:16]}"
+
+
 async def put(redis: Redis, queue: str, letters: Iterable[DeadLetter]) -> int:
     letters = list(letters)
     if not letters:
         return 0
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(dlq_key(queue), mapping={d.id: d.model_dump_json() for d in letters})
-        pipe.zadd(dlq_index_key(queue), {d.id: d.failed_ms for d in letters})
-        await pipe.execute()
+    args: list[str | int] = []
+    for letter in letters:
+        other = _other_record_id(letter)
+        args += [
+            letter.id,
+            other,
+            letter.model_dump_json(),
+            letter.model_copy(update={"id": other}).model_dump_json(),
+            letter.record,
+            letter.failed_ms,
+        ]
+    await redis.register_script(_PUT_LUA)(keys=[dlq_key(queue), dlq_index_key(queue)], args=args)
     return len(letters)
 
 

@@ -63,7 +63,10 @@ async def push(redis: Redis, queue: str, records_json: list[str]) -> None:
 # KEYS: inbox, arq queue. ARGV: batch size, job id, now ms, job ttl ms, job key prefix, and the job
 # JSON before and after its records list (from job_frame(), so the script and job_payload() build
 # the same job). Records already are JSON strings, so the script only encodes them as a list.
+# The worker's client sends a command again when its connection drops before the reply, job id and
+# all: if the script had run, its job exists, and claiming again would write the next batch over it.
 _CLAIM_LUA = """
+if redis.call('EXISTS', ARGV[5] .. ARGV[2]) == 1 then return 0 end
 local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 if #items == 0 then return 0 end
 redis.call('LTRIM', KEYS[1], #items, -1)
@@ -156,7 +159,13 @@ def encode_job(job: dict[str, Any]) -> bytes:
 def decode_job(raw: bytes) -> dict[str, Any]:
     """arq's job deserializer. Never raises: a job that is not ours becomes a dead-letter call."""
     try:
-        job = orjson.loads(raw)
+        try:
+            job = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            # The claim script copies inbox entries into the job byte for byte: one entry that is
+            # not UTF-8 would make its whole batch one undecodable dead letter. Its bad bytes become
+            # U+FFFD (as the spool's replay does), and every other record of the batch goes on.
+            job = orjson.loads(raw.decode(errors="replace"))
         if isinstance(job, dict) and job.get("f") in JOB_FUNCTIONS and isinstance(job.get("a"), list):
             job.setdefault("k", {})
             job.setdefault("t", 1)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 from prometheus_client import REGISTRY
 
 from akto_ingest.akto_client import AktoClient
@@ -33,6 +34,7 @@ from akto_worker import delivery
 from akto_worker.delivery import Deliverer, Outcome
 from akto_worker.retry import backoff_seconds, is_retryable
 from tests.fake_akto import FakeAkto
+from tests.stack import free_port
 
 MakeDeliverer = Callable[..., Deliverer]
 Factory = Callable[..., Any]
@@ -252,6 +254,39 @@ async def test_non_retryable_status_dead_letters_with_last_status(
         assert letter.created_ms == record.created_ms
         assert letter.record == record.to_json()
         assert f"HTTP {status}" in letter.detail
+
+
+@pytest.mark.parametrize("mode", ["batch", "record"])
+async def test_a_redirect_from_akto_dead_letters_instead_of_counting_as_delivered(
+    make_deliverer: MakeDeliverer, record_json: Factory, mode: str
+) -> None:
+    # An Akto URL behind a front end that redirects (http to https, a moved host), to a page that answers 200.
+    seen: list[str] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path}")
+        raise web.HTTPFound("/landing")
+
+    async def landing(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path}")
+        return web.Response(text="welcome")
+
+    app = web.Application()
+    app.router.add_post("/api/ingestData", moved)
+    app.router.add_post("/api/http-proxy", moved)
+    app.router.add_get("/landing", landing)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", free_port())
+    await site.start()
+    try:
+        outcome = await make_deliverer(site.name, delivery_mode=mode).deliver([record_json(id="r1")], 0)
+    finally:
+        await runner.cleanup()
+
+    assert outcome.delivered == 0
+    assert [(d.id, d.reason, d.last_status) for d in outcome.dead] == [("r1", "rejected", 302)]
+    assert seen == [f"POST /api/{'ingestData' if mode == 'batch' else 'http-proxy'}"]
 
 
 async def test_bad_api_key_401_dead_letters_with_last_status(

@@ -66,11 +66,37 @@ async def test_put_list_get_round_trip(fake_redis: Any) -> None:
 
 
 async def test_same_record_dead_lettered_twice_is_kept_once(fake_redis: Any) -> None:
-    await dlq.put(fake_redis, QUEUE, [letter("r-v1", "same", 1)])
-    await dlq.put(fake_redis, QUEUE, [letter("r-v2", "same", 2, reason="retries_exhausted")])
+    await dlq.put(fake_redis, QUEUE, [letter("r", "same", 1)])
+    await dlq.put(fake_redis, QUEUE, [letter("r", "same", 2, reason="retries_exhausted")])
     assert await dlq.count(fake_redis, QUEUE) == 1
     [kept] = await dlq.get_many(fake_redis, QUEUE, ["same"])
-    assert (kept.record, kept.reason) == ("r-v2", "retries_exhausted")
+    assert (kept.record, kept.reason) == ("r", "retries_exhausted")
+
+
+async def test_different_records_with_one_call_id_are_each_kept(real_redis: Any, queue_name: str) -> None:
+    # A client chooses its call id (x-litellm-call-id), so two records can share one.
+    await dlq.put(real_redis, queue_name, [letter("first", "shared", 1), letter("second", "shared", 2)])
+    await dlq.put(real_redis, queue_name, [letter("third", "shared", 3)])
+    await dlq.put(real_redis, queue_name, [letter("second", "shared", 4, reason="retries_exhausted")])
+
+    ids = await dlq.all_ids(real_redis, queue_name)
+    kept = await dlq.get_many(real_redis, queue_name, ids)
+    assert sorted(d.record for d in kept) == ["first", "second", "third"]
+    assert ids[0] == "shared" and all(i.startswith("shared~") for i in ids[1:])
+    assert [d.id for d in kept] == ids  # each entry names the id it is stored under
+    assert next(d for d in kept if d.record == "second").reason == "retries_exhausted"
+    assert await dlq.replay_all(real_redis, queue_name) == 3
+    assert sorted(await real_redis.lrange(inbox_key(queue_name), 0, -1)) == [b"first", b"second", b"third"]
+
+
+async def test_an_entry_that_cannot_be_read_does_not_stop_storing_under_its_id(
+    real_redis: Any, queue_name: str
+) -> None:
+    await real_redis.hset(dlq_key(queue_name), "shared", "not an entry")
+    await dlq.put(real_redis, queue_name, [letter("rec", "shared", 1)])
+    [kept] = await dlq.get_many(real_redis, queue_name, await dlq.all_ids(real_redis, queue_name))
+    assert kept.record == "rec" and kept.id.startswith("shared~")
+    assert await real_redis.hget(dlq_key(queue_name), "shared") == b"not an entry"
 
 
 async def test_replay_puts_records_back_unchanged_and_removes_entries(fake_redis: Any) -> None:

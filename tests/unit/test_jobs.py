@@ -135,6 +135,21 @@ async def test_rejected_records_land_in_the_dlq(
     }
 
 
+async def test_rejected_records_sharing_a_call_id_are_all_kept(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, fake_redis: Any
+) -> None:
+    fake_akto.configure(status=401)
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG))
+    first = record_json(id="client-chosen", prompt="first request")
+    second = record_json(id="client-chosen", prompt="second request")
+
+    await jobs.deliver(ctx, [first], 0)
+    await jobs.deliver(ctx, [second], 0)
+
+    letters = await dlq.get_many(fake_redis, QUEUE, await dlq.all_ids(fake_redis, QUEUE))
+    assert sorted(d.record for d in letters) == sorted([first, second])
+
+
 async def test_mixed_outcomes_are_split_between_retry_job_and_dlq(
     fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, fake_redis: Any
 ) -> None:

@@ -162,6 +162,22 @@ async def test_claim_moves_one_batch_into_one_job_in_order(real_redis: Any, queu
     assert [r.decode() for r in remaining] == records[5:]
 
 
+async def test_an_inbox_entry_that_is_not_utf8_does_not_take_its_batch_with_it(
+    real_redis: Any, queue_name: str
+) -> None:
+    good = _records(2)
+    await real_redis.rpush(inbox_key(queue_name), good[0], b'{"id":"bad\xff","mode":"block"}', good[1])
+    claimer = Claimer(real_redis, queue_name, batch_size=5, job_ttl_ms=60_000)
+
+    assert await claimer.claim() == 3
+
+    [(_, _, job)] = await _jobs(real_redis, queue_name)
+    assert job["f"] == DELIVER_FUNCTION
+    records = job["a"][0]
+    assert (records[0], records[2]) == (good[0], good[1])
+    assert records[1] == '{"id":"bad\ufffd","mode":"block"}'
+
+
 async def test_claim_takes_the_rest_then_reports_empty(real_redis: Any, queue_name: str) -> None:
     records = _records(3)
     for record in records:

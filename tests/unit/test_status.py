@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis import Redis as SyncRedis
 from redis.exceptions import RedisError
 
@@ -84,3 +85,28 @@ def test_cli_replays_a_store_larger_than_a_chunk(queue_name: str, capsys: pytest
     finally:
         redis.delete(inbox_key(queue_name), dlq_key(queue_name), dlq_index_key(queue_name))
         redis.close()
+
+
+async def test_status_counts_only_its_own_queues_jobs_in_progress(real_redis: Any, queue_name: str) -> None:
+    # Another queue's worker running a job on the same Redis (README: a queue per group of proxies).
+    other = f"{queue_name}:other"
+    mine = await enqueue_batch(real_redis, queue_name, ["{}"], attempt=0, defer_ms=0, ttl_ms=60_000)
+    theirs = await enqueue_batch(real_redis, other, ["{}"], attempt=0, defer_ms=0, ttl_ms=60_000)
+    await real_redis.psetex(in_progress_key_prefix + mine, 60_000, b"1")
+    await real_redis.psetex(in_progress_key_prefix + theirs, 60_000, b"1")
+    try:
+        result: dict[str, Any] = await status(real_redis, queue_name)
+    finally:
+        await real_redis.delete(
+            other, job_key_prefix + theirs, in_progress_key_prefix + mine, in_progress_key_prefix + theirs
+        )
+    assert result["in_progress_jobs"] == 1
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_dlq_list_refuses_a_limit_that_is_not_positive(limit: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Redis reads a ZRANGE stop of -1 as "to the end": --limit 0 listed every dead letter, records and all.
+    with pytest.raises(SystemExit) as exited:
+        main(["--redis-url", "redis://127.0.0.1:1/0", "dlq", "list", "--limit", limit])
+    assert exited.value.code == 2
+    assert f"{limit!r} is not a positive whole number" in capsys.readouterr().err
