@@ -33,7 +33,7 @@ from . import config_check, dlq, violations
 from .config import QueueSettings
 from .connections import redis_client
 from .errors import ConfigError, RecordError
-from .queue import backlog, dlq_key, heartbeat_key, inbox_key, spool_status_key
+from .queue import backlog, dlq_key, heartbeat_key, inbox_key, oldest_job_born_ms, spool_status_key
 from .record import Record, now_ms
 
 # Workers beat every 5 s; a worker unseen for a minute is gone or stuck.
@@ -46,12 +46,12 @@ async def status(redis: Redis, queue: str) -> dict[str, Any]:
     waiting = await backlog(redis, queue, now)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.lindex(inbox_key(queue), 0)
-        pipe.zrange(queue, 0, 0, withscores=True)
         pipe.hlen(dlq_key(queue))
         pipe.get(queue + health_check_key_suffix)
         pipe.hgetall(spool_status_key(queue))
         pipe.hgetall(heartbeat_key(queue))
-        oldest_inbox, oldest_job, dead, health, spools, beats = await pipe.execute()
+        oldest_inbox, dead, health, spools, beats = await pipe.execute()
+    oldest_job = await oldest_job_born_ms(redis, queue)
     # arq's in-progress keys do not name their queue; a running job is still in its queue's set.
     running = [
         key[len(in_progress_key_prefix) :]
@@ -67,8 +67,8 @@ async def status(redis: Redis, queue: str) -> dict[str, Any]:
             oldest_ms = Record.from_json(oldest_inbox).created_ms
         except RecordError:
             oldest_ms = None
-    if oldest_job:
-        oldest_ms = min(x for x in (oldest_ms, int(oldest_job[0][1])) if x is not None)
+    if oldest_job is not None:
+        oldest_ms = oldest_job if oldest_ms is None else min(oldest_ms, oldest_job)
     return {
         "queue": queue,
         "inbox": waiting.inbox,

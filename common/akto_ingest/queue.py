@@ -13,6 +13,7 @@ turned into a ``dead_letter_job`` call so the raw bytes land in the dead-letter 
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,15 @@ def heartbeat_key(queue: str) -> str:
     return f"{queue}:workers"
 
 
+def born_key(queue: str) -> str:
+    """Sorted set of job id -> the capture time (epoch ms) of the oldest record the job holds.
+
+    A job's score in arq's queue is when it runs next, which for a retry is in the future: it says
+    nothing about how long its records have waited. This index is what ``akto-ingest status`` reads
+    for the oldest record's age. Written with each job, removed when the job is done."""
+    return f"{queue}:born"
+
+
 def spool_status_key(queue: str) -> str:
     """Hash of proxy process (host:pid) -> its spool figures as JSON."""
     return f"{queue}:spool"
@@ -60,7 +70,7 @@ async def push(redis: Redis, queue: str, records_json: list[str]) -> None:
     await redis.rpush(inbox_key(queue), *records_json)  # type: ignore[misc]  # redis-py types sync|async
 
 
-# KEYS: inbox, arq queue. ARGV: batch size, job id, now ms, job ttl ms, job key prefix, and the job
+# KEYS: inbox, arq queue, born index. ARGV: batch size, job id, now ms, job ttl ms, job key prefix, and the job
 # JSON before and after its records list (from job_frame(), so the script and job_payload() build
 # the same job). Records already are JSON strings, so the script only encodes them as a list.
 # The worker's client sends a command again when its connection drops before the reply, job id and
@@ -72,8 +82,26 @@ if #items == 0 then return 0 end
 redis.call('LTRIM', KEYS[1], #items, -1)
 redis.call('PSETEX', ARGV[5] .. ARGV[2], ARGV[4], ARGV[6] .. cjson.encode(items) .. ARGV[7])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+-- The job's born score: its oldest record's capture time (the first match, see _CREATED_MS).
+local born = tonumber(ARGV[3])
+for _, item in ipairs(items) do
+  local created = tonumber(string.match(item, '"created_ms":(%d+)'))
+  if created and created < born then born = created end
+end
+redis.call('ZADD', KEYS[3], born, ARGV[2])
 return #items
 """
+# The same match in Python, for jobs made outside the script. Records are compact JSON with
+# ``created_ms`` fourth, after ``v``, ``id`` and ``mode``: its first match is the record's own, never
+# a key of the request or response bodies further on.
+_CREATED_MS = re.compile(rb'"created_ms":(\d+)')
+
+
+def oldest_created_ms(records: list[str], default: int) -> int:
+    """The capture time of the oldest of ``records`` (JSON lines), or ``default`` when none says."""
+    found = (int(m.group(1)) for line in records if (m := _CREATED_MS.search(line.encode())))
+    return min(found, default=default)
+
 
 _RECORDS_PLACEHOLDER = "\x00records\x00"
 
@@ -108,7 +136,7 @@ class Claimer:
         now = now_ms()
         before, after = job_frame(0, now)
         moved = await self._script(
-            keys=[inbox_key(self._queue), self._queue],
+            keys=[inbox_key(self._queue), self._queue, born_key(self._queue)],
             args=[self._batch_size, new_job_id(), now, self._job_ttl_ms, job_key_prefix, before, after],
         )
         return int(moved)
@@ -123,12 +151,34 @@ async def enqueue_batch(
 ) -> str:
     """Queue records as one job that runs ``defer_ms`` from now (used for retries and replays)."""
     job_id = new_job_id()
-    run_at = now_ms() + defer_ms
+    now = now_ms()
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.psetex(job_key_prefix + job_id, ttl_ms + defer_ms, job_payload(records, attempt, now_ms()))
-        pipe.zadd(queue, {job_id: run_at})
+        pipe.psetex(job_key_prefix + job_id, ttl_ms + defer_ms, job_payload(records, attempt, now))
+        pipe.zadd(queue, {job_id: now + defer_ms})
+        pipe.zadd(born_key(queue), {job_id: oldest_created_ms(records, now)})
         await pipe.execute()
     return job_id
+
+
+async def job_done(redis: Redis, queue: str, job_id: str) -> None:
+    """Take a finished job out of the born index (its records are delivered, dead-lettered or in a
+    new job). Should this write fail, ``akto-ingest status`` skips the entry once the job is gone."""
+    await redis.zrem(born_key(queue), job_id)
+
+
+async def oldest_job_born_ms(redis: Redis, queue: str, look: int = 100) -> int | None:
+    """The capture time of the oldest record held by a job still in ``queue`` (None: no job)."""
+    entries = await redis.zrange(born_key(queue), 0, look - 1, withscores=True)
+    if not entries:
+        return None
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id, _ in entries:
+            pipe.zscore(queue, job_id)
+        live = await pipe.execute()
+    for (_, born), score in zip(entries, live, strict=True):
+        if score is not None:
+            return int(born)
+    return None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import pickle
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,7 @@ from redis.asyncio import Redis
 from akto_ingest import dlq, violations
 from akto_ingest.config import WorkerConfig
 from akto_ingest.errors import ConfigError
-from akto_ingest.queue import DEAD_LETTER_FUNCTION, DELIVER_FUNCTION, decode_job
+from akto_ingest.queue import DEAD_LETTER_FUNCTION, DELIVER_FUNCTION, born_key, decode_job
 from akto_ingest.record import now_ms
 from akto_worker import jobs
 from akto_worker.deadline import JobLimits, job_limits
@@ -32,9 +33,11 @@ QUEUE = "akto:jobs"
 CONFIG = {"backoff_base": 1.0, "backoff_max": 20.0, "retention_seconds": 3600}
 
 
-def make_ctx(redis: Any, deliverer: Deliverer, queue: str = QUEUE, job_try: int = 1) -> dict[str, Any]:
+def make_ctx(
+    redis: Any, deliverer: Deliverer, queue: str = QUEUE, job_try: int = 1, job_id: str = "job-1"
+) -> dict[str, Any]:
     state = WorkerState(deliverer, WorkerConfig.load(CONFIG, env={}), queue)
-    return {"redis": redis, "akto": state, "job_try": job_try}
+    return {"redis": redis, "akto": state, "job_try": job_try, "job_id": job_id}
 
 
 async def queued_jobs(redis: Any, queue: str = QUEUE) -> list[tuple[float, dict[str, Any], int]]:
@@ -116,6 +119,27 @@ async def test_the_retry_job_delivers_once_akto_recovers(
 
     assert result == {"delivered": 2, "retried": 0, "dead_lettered": 0}
     assert sorted(fake_akto.message_ids()) == ["r1", "r2"]
+
+
+async def test_the_born_index_follows_records_from_job_to_retry_job_to_done(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, fake_redis: Any
+) -> None:
+    records = [record_json(id="r1", created_ms=now_ms() - 5_000), record_json(id="r2", created_ms=now_ms() - 9_000)]
+    await fake_redis.zadd(born_key(QUEUE), {"job-1": now_ms()})  # as the claim script writes it
+    fake_akto.configure(status=503)
+    await jobs.deliver(make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG), job_id="job-1"), records, 0)
+    [(retry_id, born)] = await fake_redis.zrange(born_key(QUEUE), 0, -1, withscores=True)
+    assert retry_id != b"job-1" and born == created_ms_of(records, "r2")
+
+    fake_akto.configure(status=None)
+    [(_, job, _)] = await queued_jobs(fake_redis)
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG), job_id=retry_id.decode())
+    await jobs.deliver(ctx, *job["a"])
+    assert await fake_redis.zcard(born_key(QUEUE)) == 0
+
+
+def created_ms_of(records: list[str], call_id: str) -> int:
+    return next(int(json.loads(r)["created_ms"]) for r in records if json.loads(r)["id"] == call_id)
 
 
 async def test_rejected_records_land_in_the_dlq(

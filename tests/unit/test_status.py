@@ -13,7 +13,17 @@ from redis.exceptions import RedisError
 
 from akto_ingest import dlq
 from akto_ingest.cli import main, status
-from akto_ingest.queue import dlq_index_key, dlq_key, enqueue_batch, heartbeat_key, inbox_key, spool_status_key
+from akto_ingest.queue import (
+    Claimer,
+    born_key,
+    dlq_index_key,
+    dlq_key,
+    enqueue_batch,
+    heartbeat_key,
+    inbox_key,
+    job_done,
+    spool_status_key,
+)
 from akto_ingest.record import Record
 from akto_worker.lifecycle import check_redis_durability
 
@@ -41,6 +51,45 @@ async def test_status_counts_every_place_a_record_can_be(real_redis: Any, queue_
     assert result["workers"]["host:2"].endswith("(stale)")
     assert result["spools"] == {"proxy:7": {"bytes": 42, "dropped": 0}}
     await real_redis.delete(heartbeat_key(queue_name), spool_status_key(queue_name))
+
+
+def _captured(ago_s: int, call_id: str) -> str:
+    return Record(id=call_id, mode="block", created_ms=int(time.time() * 1000) - ago_s * 1000).to_json()
+
+
+async def test_oldest_age_counts_from_capture_while_retries_wait_in_the_future(
+    real_redis: Any, queue_name: str
+) -> None:
+    # Akto down for an hour: the records captured then wait in a retry job due in five minutes. The
+    # job's score in arq's queue is that future run time; the age must come from the records.
+    await enqueue_batch(
+        real_redis, queue_name, [_captured(600, "b"), _captured(3600, "a")], attempt=12, defer_ms=300_000, ttl_ms=60_000
+    )
+    result: dict[str, Any] = await status(real_redis, queue_name)
+    assert result["deferred_jobs"] == 1
+    assert 3599 <= result["oldest_age_seconds"] <= 3610
+
+
+async def test_a_claimed_job_is_born_with_its_oldest_record_and_leaves_the_index_when_done(
+    real_redis: Any, queue_name: str
+) -> None:
+    await real_redis.rpush(inbox_key(queue_name), _captured(30, "new"), _captured(900, "replayed"))
+    assert await Claimer(real_redis, queue_name, batch_size=10, job_ttl_ms=60_000).claim() == 2
+    ((job_id, born),) = await real_redis.zrange(born_key(queue_name), 0, -1, withscores=True)
+    assert abs(time.time() * 1000 - born - 900_000) < 10_000
+    assert 899 <= (await status(real_redis, queue_name))["oldest_age_seconds"] <= 910
+
+    await job_done(real_redis, queue_name, job_id.decode())
+    await real_redis.zrem(queue_name, job_id)
+    assert await real_redis.zcard(born_key(queue_name)) == 0
+    assert (await status(real_redis, queue_name))["oldest_age_seconds"] is None
+
+
+async def test_a_born_entry_whose_job_is_gone_is_skipped(real_redis: Any, queue_name: str) -> None:
+    stale = await enqueue_batch(real_redis, queue_name, [_captured(7200, "gone")], attempt=1, defer_ms=0, ttl_ms=60_000)
+    await enqueue_batch(real_redis, queue_name, [_captured(60, "live")], attempt=1, defer_ms=0, ttl_ms=60_000)
+    await real_redis.zrem(queue_name, stale)  # finished, but its job_done write was lost
+    assert 59 <= (await status(real_redis, queue_name))["oldest_age_seconds"] <= 70
 
 
 class _Config:

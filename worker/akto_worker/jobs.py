@@ -14,7 +14,7 @@ from arq import Retry
 from redis.exceptions import RedisError
 
 from akto_ingest import dlq, violations
-from akto_ingest.queue import enqueue_batch
+from akto_ingest.queue import enqueue_batch, job_done
 
 from . import metrics
 from .deadline import job_limits
@@ -44,6 +44,7 @@ async def deliver(ctx: dict[str, Any], records: list[str], attempt: int) -> dict
             for raw in records
         ]
         await _persist(redis, state, [], letters, attempt, persist_by)
+        await _done(ctx, state)
         return {"dead_lettered": len(letters)}
     try:
         outcome = await state.deliverer.deliver(records, attempt, started + limits.delivery_seconds)
@@ -53,6 +54,7 @@ async def deliver(ctx: dict[str, Any], records: list[str], attempt: int) -> dict
         log.exception("delivering a batch of %d record(s) failed; the whole batch will run again", len(records))
         raise Retry(defer=RERUN_DEFER_SECONDS) from exc
     await _persist(redis, state, [i.raw for i in outcome.retry], outcome.dead, attempt, persist_by, outcome.violations)
+    await _done(ctx, state)
     metrics.DELIVERED.inc(outcome.delivered)
     if outcome.retry:
         log.warning(
@@ -63,6 +65,15 @@ async def deliver(ctx: dict[str, Any], records: list[str], attempt: int) -> dict
             ",".join(i.record.id for i in outcome.retry[:20]),
         )
     return _summary(outcome)
+
+
+async def _done(ctx: dict[str, Any], state: WorkerState) -> None:
+    """Every record of the job is delivered, dead-lettered or in a new job: it leaves the born index.
+    Best effort: a stale entry costs only a lookup in ``akto-ingest status``."""
+    try:
+        await job_done(ctx["redis"], state.queue_name, str(ctx.get("job_id", "")))
+    except RedisError as exc:
+        log.warning("cannot take a finished job out of the born index: %s", exc)
 
 
 def _summary(outcome: Outcome) -> dict[str, int]:
