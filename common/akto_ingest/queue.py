@@ -167,7 +167,8 @@ async def job_done(redis: Redis, queue: str, job_id: str) -> None:
 
 
 async def oldest_job_born_ms(redis: Redis, queue: str, look: int = 100) -> int | None:
-    """The capture time of the oldest record held by a job still in ``queue`` (None: no job)."""
+    """The capture time of the oldest record held by a job still in ``queue`` (None: no job).
+    Entries of jobs that have left the queue are removed on the way."""
     entries = await redis.zrange(born_key(queue), 0, look - 1, withscores=True)
     if not entries:
         return None
@@ -175,10 +176,17 @@ async def oldest_job_born_ms(redis: Redis, queue: str, look: int = 100) -> int |
         for job_id, _ in entries:
             pipe.zscore(queue, job_id)
         live = await pipe.execute()
-    for (_, born), score in zip(entries, live, strict=True):
-        if score is not None:
-            return int(born)
-    return None
+    oldest = None
+    stale = []
+    for (job_id, born), score in zip(entries, live, strict=True):
+        if score is None:
+            stale.append(job_id)
+        elif oldest is None:
+            oldest = int(born)
+    if stale:
+        # Jobs that ended without clearing their entry: dropped, so they cannot crowd out live ones.
+        await redis.zrem(born_key(queue), *stale)
+    return oldest
 
 
 @dataclass(frozen=True)

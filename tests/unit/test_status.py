@@ -90,6 +90,7 @@ async def test_a_born_entry_whose_job_is_gone_is_skipped(real_redis: Any, queue_
     await enqueue_batch(real_redis, queue_name, [_captured(60, "live")], attempt=1, defer_ms=0, ttl_ms=60_000)
     await real_redis.zrem(queue_name, stale)  # finished, but its job_done write was lost
     assert 59 <= (await status(real_redis, queue_name))["oldest_age_seconds"] <= 70
+    assert await real_redis.zscore(born_key(queue_name), stale) is None
 
 
 class _Config:
