@@ -7,7 +7,7 @@ a dead letter stays until it is replayed or purged.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
@@ -153,27 +153,35 @@ async def replay(redis: Redis, queue: str, ids: list[str]) -> int:
 
 
 async def replay_all(redis: Redis, queue: str) -> int:
-    """Replay every dead letter that failed before this call, one chunk at a time.
+    """Replay every dead letter that failed before this call, each once, one chunk at a time.
 
-    Records that fail again while the replay runs are dead-lettered with a later failure time, so
-    they are not picked up a second time and the replay ends even when Akto keeps refusing them.
+    Records that fail again while the replay runs are dead-lettered anew and wait for the next
+    replay, even when Akto keeps refusing them.
     """
-    return await _each_chunk(redis, queue, replay)
+    return await replay(redis, queue, await _ids_before_now(redis, queue))
 
 
 async def purge_all(redis: Redis, queue: str) -> int:
     """Purge every dead letter that failed before this call, one chunk at a time."""
-    return await _each_chunk(redis, queue, purge)
+    return await purge(redis, queue, await _ids_before_now(redis, queue))
 
 
-async def _each_chunk(redis: Redis, queue: str, action: Callable[[Redis, str, list[str]], Awaitable[int]]) -> int:
+# Ids read per call when listing a whole store: short calls, so Redis keeps serving the proxies.
+_PAGE = 5000
+
+
+async def _ids_before_now(redis: Redis, queue: str) -> list[str]:
+    """The ids of the letters that failed before now, read before anything is done to them. Walking
+    the live index instead would meet a replayed record again once it failed anew, wherever a
+    worker's clock lags this host's (its failure time falls before the cutoff), for as long as the
+    skew lasts."""
     cutoff = now_ms()
-    done = 0
-    while True:
-        raw = await redis.zrangebyscore(dlq_index_key(queue), "-inf", cutoff, start=0, num=CHUNK)
-        if not raw:
-            return done
-        done += await action(redis, queue, [i.decode() if isinstance(i, bytes) else str(i) for i in raw])
+    ids: dict[str, None] = {}  # ordered, and an id that a concurrent write shifted into the next page counts once
+    start = 0
+    while raw := await redis.zrangebyscore(dlq_index_key(queue), "-inf", cutoff, start=start, num=_PAGE):
+        ids.update((i.decode() if isinstance(i, bytes) else str(i), None) for i in raw)
+        start += len(raw)
+    return list(ids)
 
 
 async def all_ids(redis: Redis, queue: str) -> list[str]:

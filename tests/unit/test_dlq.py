@@ -225,3 +225,25 @@ async def test_purge_all_deletes_in_chunks(real_redis: Any, queue_name: str) -> 
     assert await dlq.purge_all(real_redis, queue_name) == total
     assert await dlq.count(real_redis, queue_name) == 0
     assert await real_redis.llen(inbox_key(queue_name)) == 0
+
+
+async def test_replay_all_replays_each_record_once_when_the_workers_clock_lags(
+    real_redis: Any, queue_name: str
+) -> None:
+    # A worker whose clock is 60 s behind the operator's host dead-letters the replayed record again.
+    await dlq.put(real_redis, queue_name, [dlq.make("rec", record_id="r1", reason="rejected")])
+    original = real_redis.eval
+    refusals = 0
+
+    async def refused_again_by_a_lagging_worker(script: str, numkeys: int, *keys_and_args: Any) -> Any:
+        nonlocal refusals
+        moved = await original(script, numkeys, *keys_and_args)
+        if refusals < 3:  # bounded here; in production it repeats for as long as the skew
+            refusals += 1
+            again = dlq.make("rec", record_id="r1", reason="rejected")
+            await dlq.put(real_redis, queue_name, [again.model_copy(update={"failed_ms": now_ms() - 60_000})])
+        return moved
+
+    real_redis.eval = refused_again_by_a_lagging_worker
+    replayed = await dlq.replay_all(real_redis, queue_name)
+    assert (replayed, await real_redis.llen(inbox_key(queue_name))) == (1, 1)
