@@ -323,3 +323,20 @@ async def test_an_anthropic_stream_of_tool_use_is_checked_and_a_block_ends_it_wi
     clean = anthropic_tool_use_events('{"q": ', '"weather"}')
     assert await drain(checker(fake_akto, []).stream(chunks_of(clean), dict(DATA))) == clean
     assert sent_messages(fake_akto.records[-1])[0]["tool_calls"] == [lookup_call('{"q": "weather"}')]
+
+
+@pytest.mark.parametrize(("akto", "status"), [({"status": 503}, 503), ({"masks": {"weather": "[X]"}}, 400)])
+async def test_a_tool_call_stream_with_no_verdict_or_a_mask_is_refused_as_a_text_stream_is(
+    fake_akto: FakeAkto, akto: dict[str, Any], status: int
+) -> None:
+    fake_akto.configure(**akto)
+    check = checker(fake_akto, [], unreachable_fallback="fail_closed")
+    with pytest.raises(StreamRefused) as refused:
+        await drain(check.stream(chunks_of(chat_tool_call_chunks('{"q": "weather"}')), dict(DATA)))
+    assert refused.value.status_code == status
+
+
+async def test_a_stream_with_no_text_and_no_tool_calls_is_not_checked(fake_akto: FakeAkto) -> None:
+    empty = [ModelResponseStream(choices=[StreamingChoices(index=0, delta=Delta(content=None))])]
+    assert await drain(checker(fake_akto, []).stream(chunks_of(empty), dict(DATA))) == empty
+    assert fake_akto.records == []
