@@ -5,12 +5,13 @@ with Akto's reason, a mask is applied to the response in place (or, when it cann
 a check that gets no verdict goes to ``unreachable_fallback`` as the request check does (503 when it
 fails closed).
 
-A streamed response reaches the client as it comes; its text is assembled on the way and checked
-once, at its end. A block, a mask (a text already sent cannot be masked) or a fail-closed fallback
-then ends the stream with an error event: on chat completions ``data: {"error": ...}`` instead of
-``[DONE]``; on the Responses API ``response.failed`` instead of ``response.completed`` (which is held
-back until the check is done); on Anthropic's ``/v1/messages`` ``event: error`` instead of
-``message_stop`` (held back the same way).
+A streamed response reaches the client as it comes; its text and tool calls are assembled on the
+way and checked once, at its end, as a chat completion (tool calls as ``tool_calls``, as an
+unstreamed chat completion has them). A block, a mask (a text already sent cannot be masked) or a
+fail-closed fallback then ends the stream with an error event: on chat completions
+``data: {"error": ...}`` instead of ``[DONE]``; on the Responses API ``response.failed`` instead of
+``response.completed`` (which is held back until the check is done); on Anthropic's
+``/v1/messages`` ``event: error`` instead of ``message_stop`` (held back the same way).
 
 The call keeps one record: a blocked response's record is written here (status 400, Akto's reason,
 ``blocked_on: response``), and the guardrail drops LiteLLM's own success or failure record of it.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -103,8 +105,8 @@ class ResponseCheck:
         return response
 
     async def stream(self, chunks: AsyncIterator[Any], data: dict[str, Any]) -> AsyncIterator[Any]:
-        """Pass a stream through as it comes, then check its assembled text once, at its end."""
-        texts: dict[int, list[str]] = {}
+        """Pass a stream through as it comes, then check its assembled text and tool calls once, at its end."""
+        said = _Assembled()
         # A Responses API stream's terminal event is held until the check is done: LiteLLM reports a
         # failure on such a stream only before that event (as ``response.failed``).
         terminal: list[Any] = []
@@ -112,11 +114,11 @@ class ResponseCheck:
         events = _SseEvents()
         async for chunk in chunks:
             if isinstance(chunk, bytes | str):
-                if events.feed(chunk, texts):
+                if events.feed(chunk, said):
                     terminal.append(chunk)
                     continue
             else:
-                _collect(chunk, texts)
+                _collect(chunk, said)
                 if getattr(chunk, "type", None) in TERMINAL_EVENTS:
                     terminal.append(chunk)
                     continue
@@ -124,28 +126,21 @@ class ResponseCheck:
                 yield held
             terminal.clear()
             yield chunk
-        if texts:
+        if said:
             if events.seen:
                 try:
-                    await self._check_stream(data, texts)
+                    await self._check_stream(data, said)
                 except StreamRefused as exc:
                     # An SSE stream ends with Anthropic's ``error`` event in place of ``message_stop``.
                     yield _anthropic_error(exc, as_bytes=events.as_bytes)
                     return
             else:
-                await self._check_stream(data, texts)
+                await self._check_stream(data, said)
         for held in terminal:
             yield held
 
-    async def _check_stream(self, data: dict[str, Any], texts: dict[int, list[str]]) -> None:
-        body = {
-            "object": "chat.completion",
-            "model": data.get("model"),
-            "choices": [
-                {"index": index, "message": {"role": "assistant", "content": "".join(parts)}}
-                for index, parts in sorted(texts.items())
-            ],
-        }
+    async def _check_stream(self, data: dict[str, Any], said: _Assembled) -> None:
+        body = {"object": "chat.completion", "model": data.get("model"), "choices": said.choices()}
         try:
             masked = bool(await self._verdict(data, body))
         except Refused as exc:
@@ -240,20 +235,98 @@ def _body(response: Any) -> dict[str, Any] | None:
     return None
 
 
-def _collect(chunk: Any, texts: dict[int, list[str]]) -> None:
-    """Add a chunk's text to ``texts`` (by choice): chat completion deltas, or the Responses API's
-    ``response.output_text.delta`` events."""
+@dataclass
+class _ToolCall:
+    id: str | None = None
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+    def add(self, arguments: Any) -> None:
+        if isinstance(arguments, str) and arguments:
+            self.arguments.append(arguments)
+
+    def update(self, id: Any = None, name: Any = None, arguments: Any = None) -> None:
+        """Take what a chunk states whole over what was seen: a name is not sent in pieces (LiteLLM's
+        own stream assembly keeps the last one), and a Responses API ``output_item.done`` repeats the
+        arguments that its deltas already sent."""
+        if isinstance(id, str) and id:
+            self.id = id
+        if isinstance(name, str) and name:
+            self.name = name
+        if isinstance(arguments, str) and arguments:
+            self.arguments = [arguments]
+
+
+class _Assembled:
+    """What a stream said, by choice: its text and its tool calls (by their index in the stream)."""
+
+    def __init__(self) -> None:
+        self._texts: dict[int, list[str]] = {}
+        self._calls: dict[int, dict[int, _ToolCall]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._texts or self._calls)
+
+    def text(self, piece: Any, choice: int = 0) -> None:
+        if isinstance(piece, str) and piece:
+            self._texts.setdefault(choice, []).append(piece)
+
+    def call(self, index: Any, choice: int = 0) -> _ToolCall:
+        # The index comes from the stream as it was sent: anything but a number is the first call.
+        key = index if isinstance(index, int) else 0
+        return self._calls.setdefault(choice, {}).setdefault(key, _ToolCall())
+
+    def choices(self) -> list[dict[str, Any]]:
+        """The choices of a chat completion, as a response that is not streamed has them: text as
+        ``content`` (null when there is none), tool calls as ``tool_calls`` with JSON ``arguments``."""
+        choices = []
+        for index in sorted(self._texts.keys() | self._calls.keys()):
+            parts = self._texts.get(index)
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(parts) if parts else None}
+            calls = self._calls.get(index)
+            if calls:
+                message["tool_calls"] = [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": "".join(call.arguments)},
+                    }
+                    for _, call in sorted(calls.items())
+                ]
+            choices.append({"index": index, "message": message})
+        return choices
+
+
+def _field(value: Any, name: str) -> Any:
+    return value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
+
+
+def _collect(chunk: Any, said: _Assembled) -> None:
+    """Add a chunk's text and tool-call pieces to ``said``: chat completion deltas, or the Responses
+    API's text, function call item and function call arguments events."""
     choices = getattr(chunk, "choices", None)
     if isinstance(choices, list):
         for choice in choices:
-            content = getattr(getattr(choice, "delta", None), "content", None)
-            if isinstance(content, str) and content:
-                texts.setdefault(int(getattr(choice, "index", 0) or 0), []).append(content)
+            index = int(getattr(choice, "index", 0) or 0)
+            delta = getattr(choice, "delta", None)
+            said.text(getattr(delta, "content", None), index)
+            for piece in getattr(delta, "tool_calls", None) or []:
+                function = _field(piece, "function")
+                call = said.call(_field(piece, "index"), index)
+                call.update(_field(piece, "id"), _field(function, "name"))
+                call.add(_field(function, "arguments"))
         return
-    if getattr(chunk, "type", None) == "response.output_text.delta":
-        delta = getattr(chunk, "delta", None)
-        if isinstance(delta, str) and delta:
-            texts.setdefault(0, []).append(delta)
+    kind = getattr(chunk, "type", None)
+    if kind == "response.output_text.delta":
+        said.text(getattr(chunk, "delta", None))
+    elif kind == "response.function_call_arguments.delta":
+        said.call(getattr(chunk, "output_index", 0)).add(getattr(chunk, "delta", None))
+    elif kind in ("response.output_item.added", "response.output_item.done"):
+        item = getattr(chunk, "item", None)
+        if _field(item, "type") == "function_call":
+            said.call(getattr(chunk, "output_index", 0)).update(
+                _field(item, "call_id"), _field(item, "name"), _field(item, "arguments")
+            )
 
 
 class _SseEvents:
@@ -265,8 +338,8 @@ class _SseEvents:
         self.seen = False
         self.as_bytes = True
 
-    def feed(self, chunk: bytes | str, texts: dict[int, list[str]]) -> bool:
-        """Add ``chunk``'s text deltas to ``texts``; True when it ends the message (``message_stop``)."""
+    def feed(self, chunk: bytes | str, said: _Assembled) -> bool:
+        """Add ``chunk``'s text and tool use to ``said``; True when it ends the message (``message_stop``)."""
         self.seen = True
         self.as_bytes = isinstance(chunk, bytes)
         self._tail += chunk.decode(errors="replace") if isinstance(chunk, bytes) else chunk
@@ -282,11 +355,15 @@ class _SseEvents:
                     continue
                 if not isinstance(payload, dict):
                     continue
-                delta = payload.get("delta")
-                delta = delta if payload.get("type") == "content_block_delta" and isinstance(delta, dict) else {}
-                if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
-                    texts.setdefault(0, []).append(delta["text"])
-                stop = stop or payload.get("type") == "message_stop"
+                kind, block, delta = payload.get("type"), payload.get("content_block"), payload.get("delta")
+                if kind == "content_block_start" and isinstance(block, dict) and block.get("type") == "tool_use":
+                    said.call(payload.get("index")).update(block.get("id"), block.get("name"))
+                elif kind == "content_block_delta" and isinstance(delta, dict):
+                    if delta.get("type") == "text_delta":
+                        said.text(delta.get("text"))
+                    elif delta.get("type") == "input_json_delta":
+                        said.call(payload.get("index")).add(delta.get("partial_json"))
+                stop = stop or kind == "message_stop"
         return stop
 
 

@@ -9,7 +9,22 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from fastapi import HTTPException
-from litellm.types.utils import Delta, ModelResponse, ModelResponseStream, StreamingChoices
+from litellm.types.llms.openai import (
+    FunctionCallArgumentsDeltaEvent,
+    FunctionCallArgumentsDoneEvent,
+    OutputItemAddedEvent,
+    OutputItemDoneEvent,
+    ResponseCompletedEvent,
+)
+from litellm.types.utils import (
+    ChatCompletionDeltaToolCall,
+    Delta,
+    Function,
+    ModelResponse,
+    ModelResponseStream,
+    StreamingChoices,
+)
+from pydantic import BaseModel
 
 from akto_hook import masking, metrics
 from akto_hook.response_check import ResponseCheck, StreamRefused
@@ -138,23 +153,23 @@ async def test_a_blocked_response_keeps_akto_policy_rule_and_severity(fake_akto:
     assert metrics.VIOLATIONS.labels("blocked", "high", "PII Shield")._value.get() == before + 1
 
 
+def sse_event(kind: str, **data: Any) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+
+
 def anthropic_events(*texts: str) -> list[bytes]:
     """An Anthropic ``/v1/messages`` stream as LiteLLM passes it on: SSE bytes, one event a chunk."""
-
-    def event(kind: str, **data: Any) -> bytes:
-        return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
-
     return [
-        event("message_start", message={"id": "m1", "role": "assistant", "content": []}),
-        event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
-        *(event("content_block_delta", index=0, delta={"type": "text_delta", "text": text}) for text in texts),
-        event("content_block_stop", index=0),
-        event("message_delta", delta={"stop_reason": "end_turn"}),
-        event("message_stop"),
+        sse_event("message_start", message={"id": "m1", "role": "assistant", "content": []}),
+        sse_event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+        *(sse_event("content_block_delta", index=0, delta={"type": "text_delta", "text": text}) for text in texts),
+        sse_event("content_block_stop", index=0),
+        sse_event("message_delta", delta={"stop_reason": "end_turn"}),
+        sse_event("message_stop"),
     ]
 
 
-async def chunks_of(items: list[bytes]) -> AsyncIterator[Any]:
+async def chunks_of(items: list[Any]) -> AsyncIterator[Any]:
     for item in items:
         yield item
 
@@ -189,3 +204,139 @@ async def test_a_flagged_response_passes_and_is_counted_and_logged_with_its_poli
     assert metrics.VIOLATIONS.labels("flagged", "medium", "Secrets Watch")._value.get() == before + 1
     (line,) = [r.getMessage() for r in caplog.records if "flagged the response" in r.getMessage()]
     assert "policy='Secrets Watch'" in line and "rule='key'" in line and "severity=medium" in line
+
+
+def sent_messages(record: Any) -> list[dict[str, Any]]:
+    """The messages of the response Akto was asked about: content and tool calls, by choice."""
+    choices = json.loads(record.body["responsePayload"])["choices"]
+    return [{"content": c["message"]["content"], "tool_calls": c["message"].get("tool_calls")} for c in choices]
+
+
+def lookup_call(arguments: str) -> dict[str, Any]:
+    return {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": arguments}}
+
+
+def chat_tool_call_chunks(*pieces: str) -> list[ModelResponseStream]:
+    """A chat completion stream of one tool call: its id and name first, then its arguments in pieces."""
+    calls = [ChatCompletionDeltaToolCall(index=0, id="call_1", function=Function(name="lookup", arguments=""))]
+    calls += [ChatCompletionDeltaToolCall(index=0, function=Function(arguments=piece)) for piece in pieces]
+    return [ModelResponseStream(choices=[StreamingChoices(index=0, delta=Delta(tool_calls=[call]))]) for call in calls]
+
+
+async def test_a_chat_stream_of_tool_calls_is_checked_as_the_same_response_unstreamed(fake_akto: FakeAkto) -> None:
+    blocked: list[Record] = []
+    chunks = chat_tool_call_chunks('{"q": "my s', 'sn is 1"}')
+    seen: list[Any] = []
+    with pytest.raises(StreamRefused) as refused:
+        async for chunk in checker(fake_akto, blocked).stream(chunks_of(chunks), dict(DATA)):
+            seen.append(chunk)
+    assert seen == chunks and (refused.value.message, refused.value.status_code) == ("PII detected", 400)
+    assert blocked[0].blocked_reason == "PII detected"
+
+    clean = chat_tool_call_chunks('{"q": ', '"weather"}')
+    assert await drain(checker(fake_akto, []).stream(chunks_of(clean), dict(DATA))) == clean
+    unstreamed = ModelResponse(
+        choices=[
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "tool_calls": [lookup_call('{"q": "weather"}')]},
+            }
+        ]
+    )
+    await checker(fake_akto, []).checked(dict(DATA), unstreamed)
+    refused_check, streamed, plain = fake_akto.records
+    assert sent_messages(refused_check) == [{"content": None, "tool_calls": [lookup_call('{"q": "my ssn is 1"}')]}]
+    assert sent_messages(streamed) == sent_messages(plain)
+
+
+def responses_tool_call_events(*pieces: str) -> list[Any]:
+    """A Responses API stream of one function call, as LiteLLM passes its events on."""
+    item = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "lookup", "arguments": ""}
+    done = {**item, "arguments": "".join(pieces), "status": "completed"}
+    item["status"] = "in_progress"
+    response = {"id": "resp_1", "created_at": 0, "status": "completed", "model": "gpt-4o", "output": [done]}
+    at: dict[str, Any] = {"item_id": "fc_1", "output_index": 0}
+    delta = "response.function_call_arguments.delta"
+    events: list[tuple[type[BaseModel], dict[str, Any]]] = [
+        (OutputItemAddedEvent, {"type": "response.output_item.added", "output_index": 0, "item": item}),
+        *((FunctionCallArgumentsDeltaEvent, {"type": delta, **at, "delta": piece}) for piece in pieces),
+        (
+            FunctionCallArgumentsDoneEvent,
+            {"type": "response.function_call_arguments.done", **at, "arguments": "".join(pieces)},
+        ),
+        (OutputItemDoneEvent, {"type": "response.output_item.done", "output_index": 0, "item": done}),
+        (ResponseCompletedEvent, {"type": "response.completed", "response": response}),
+    ]
+    return [event.model_validate(data) for event, data in events]
+
+
+async def test_a_responses_stream_of_function_calls_is_checked_and_a_block_holds_back_completed(
+    fake_akto: FakeAkto,
+) -> None:
+    blocked: list[Record] = []
+    events = responses_tool_call_events('{"q": "my s', 'sn is 1"}')
+    seen: list[Any] = []
+    with pytest.raises(StreamRefused) as refused:
+        async for chunk in checker(fake_akto, blocked).stream(chunks_of(events), dict(DATA)):
+            seen.append(chunk)
+    assert seen == events[:-1], "every event but response.completed went out as it came"
+    assert refused.value.message == "PII detected" and blocked[0].blocked_reason == "PII detected"
+    (check,) = fake_akto.records
+    # The deltas and the done item state the same arguments: they are sent once.
+    assert sent_messages(check) == [{"content": None, "tool_calls": [lookup_call('{"q": "my ssn is 1"}')]}]
+
+    clean = responses_tool_call_events('{"q": ', '"weather"}')
+    assert await drain(checker(fake_akto, []).stream(chunks_of(clean), dict(DATA))) == clean
+    assert sent_messages(fake_akto.records[-1])[0]["tool_calls"] == [lookup_call('{"q": "weather"}')]
+
+
+def anthropic_tool_use_events(*pieces: str) -> list[bytes]:
+    """An Anthropic ``/v1/messages`` stream of a text block and then a ``tool_use`` block."""
+    tool = {"type": "tool_use", "id": "call_1", "name": "lookup", "input": {}}
+    return [
+        sse_event("message_start", message={"id": "m1", "role": "assistant", "content": []}),
+        sse_event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+        sse_event("content_block_delta", index=0, delta={"type": "text_delta", "text": "Looking it up."}),
+        sse_event("content_block_stop", index=0),
+        sse_event("content_block_start", index=1, content_block=tool),
+        *(
+            sse_event("content_block_delta", index=1, delta={"type": "input_json_delta", "partial_json": piece})
+            for piece in pieces
+        ),
+        sse_event("content_block_stop", index=1),
+        sse_event("message_delta", delta={"stop_reason": "tool_use"}),
+        sse_event("message_stop"),
+    ]
+
+
+async def test_an_anthropic_stream_of_tool_use_is_checked_and_a_block_ends_it_with_an_error_event(
+    fake_akto: FakeAkto,
+) -> None:
+    blocked: list[Record] = []
+    events = anthropic_tool_use_events('{"q": "my s', 'sn is 1"}')
+    seen = await drain(checker(fake_akto, blocked).stream(chunks_of(events), dict(DATA)))
+    assert seen[:-1] == events[:-1], "every event but message_stop went out as it came"
+    assert seen[-1].startswith(b"event: error\n") and blocked[0].blocked_reason == "PII detected"
+    (check,) = fake_akto.records
+    assert sent_messages(check) == [{"content": "Looking it up.", "tool_calls": [lookup_call('{"q": "my ssn is 1"}')]}]
+
+    clean = anthropic_tool_use_events('{"q": ', '"weather"}')
+    assert await drain(checker(fake_akto, []).stream(chunks_of(clean), dict(DATA))) == clean
+    assert sent_messages(fake_akto.records[-1])[0]["tool_calls"] == [lookup_call('{"q": "weather"}')]
+
+
+@pytest.mark.parametrize(("akto", "status"), [({"status": 503}, 503), ({"masks": {"weather": "[X]"}}, 400)])
+async def test_a_tool_call_stream_with_no_verdict_or_a_mask_is_refused_as_a_text_stream_is(
+    fake_akto: FakeAkto, akto: dict[str, Any], status: int
+) -> None:
+    fake_akto.configure(**akto)
+    check = checker(fake_akto, [], unreachable_fallback="fail_closed")
+    with pytest.raises(StreamRefused) as refused:
+        await drain(check.stream(chunks_of(chat_tool_call_chunks('{"q": "weather"}')), dict(DATA)))
+    assert refused.value.status_code == status
+
+
+async def test_a_stream_with_no_text_and_no_tool_calls_is_not_checked(fake_akto: FakeAkto) -> None:
+    empty = [ModelResponseStream(choices=[StreamingChoices(index=0, delta=Delta(content=None))])]
+    assert await drain(checker(fake_akto, []).stream(chunks_of(empty), dict(DATA))) == empty
+    assert fake_akto.records == []
