@@ -81,6 +81,10 @@ async def test_worker_survives_redis_dropping_its_connections_mid_claim(
         dropper.cancel()
         run.cancel()
         await asyncio.gather(run, dropper, return_exceptions=True)
+        # A job still running (a rerun after a dropped connection) is left to end: arq's close()
+        # cancels running jobs and re-raises their CancelledError out of its gather.
+        async with asyncio.timeout(30):
+            await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
         try:
             await worker.close()
             await producer.aclose()
