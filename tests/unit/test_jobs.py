@@ -327,6 +327,26 @@ async def test_redis_that_never_answers_while_persisting_ends_the_job_with_retry
     assert info.value.defer_score == jobs.RERUN_DEFER_SECONDS * 1000
 
 
+async def test_a_redis_that_stops_answering_after_the_job_persisted_does_not_hold_the_job_past_its_deadline(
+    fake_akto: FakeAkto,
+    make_deliverer: MakeDeliverer,
+    record_json: Factory,
+    fake_redis: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(jobs, "job_limits", lambda _: JobLimits(delivery_seconds=1, persist_seconds=0.3, job_timeout=3))
+
+    async def never_answers(*args: Any) -> int:
+        await asyncio.sleep(3600)
+        return 0
+
+    monkeypatch.setattr(fake_redis, "zrem", never_answers)  # the born-index clean-up, after all is stored
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG))
+    async with asyncio.timeout(2):  # arq's timeout (3 s here) would make the job a failure
+        result = await jobs.deliver(ctx, [record_json(id="a")], 0)
+    assert result == {"delivered": 1, "retried": 0, "dead_lettered": 0}
+
+
 async def test_an_unexpected_error_delivering_keeps_the_whole_job(
     fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, fake_redis: Any
 ) -> None:

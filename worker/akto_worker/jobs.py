@@ -44,7 +44,7 @@ async def deliver(ctx: dict[str, Any], records: list[str], attempt: int) -> dict
             for raw in records
         ]
         await _persist(redis, state, [], letters, attempt, persist_by)
-        await _done(ctx, state)
+        await _done(ctx, state, persist_by)
         return {"dead_lettered": len(letters)}
     try:
         outcome = await state.deliverer.deliver(records, attempt, started + limits.delivery_seconds)
@@ -54,7 +54,7 @@ async def deliver(ctx: dict[str, Any], records: list[str], attempt: int) -> dict
         log.exception("delivering a batch of %d record(s) failed; the whole batch will run again", len(records))
         raise Retry(defer=RERUN_DEFER_SECONDS) from exc
     await _persist(redis, state, [i.raw for i in outcome.retry], outcome.dead, attempt, persist_by, outcome.violations)
-    await _done(ctx, state)
+    await _done(ctx, state, persist_by)
     metrics.DELIVERED.inc(outcome.delivered)
     if outcome.retry:
         log.warning(
@@ -67,13 +67,15 @@ async def deliver(ctx: dict[str, Any], records: list[str], attempt: int) -> dict
     return _summary(outcome)
 
 
-async def _done(ctx: dict[str, Any], state: WorkerState) -> None:
-    """Every record of the job is delivered, dead-lettered or in a new job: it leaves the born index.
+async def _done(ctx: dict[str, Any], state: WorkerState, deadline: float) -> None:
+    """Every record of the job is delivered, dead-lettered or in a new job: it leaves the born index,
+    by the job's persist ``deadline`` (the event loop's clock), so it never runs into arq's timeout.
     Best effort: a stale entry costs only a lookup in ``akto-ingest status``."""
     try:
-        await job_done(ctx["redis"], state.queue_name, str(ctx.get("job_id", "")))
-    except RedisError as exc:
-        log.warning("cannot take a finished job out of the born index: %s", exc)
+        async with asyncio.timeout_at(deadline):
+            await job_done(ctx["redis"], state.queue_name, str(ctx.get("job_id", "")))
+    except (RedisError, TimeoutError) as exc:
+        log.warning("cannot take a finished job out of the born index: %s", exc or "Redis did not answer in time")
 
 
 def _summary(outcome: Outcome) -> dict[str, int]:
