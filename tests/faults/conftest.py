@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from arq.worker import Worker
 
 from tests.stack import (
     FAST_RETRY,
@@ -83,3 +85,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.write_line("  ".join(c.ljust(widths[c]) for c in columns))
     for row in RESULTS:
         terminalreporter.write_line("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
+
+
+async def close_worker(worker: Worker, *, wait: float = 30) -> None:
+    """Close an in-process arq worker whose run task was cancelled. Jobs still running (a job that
+    delivered its last record but has not finished, or a rerun) are left to end first: arq's
+    ``close()`` cancels running jobs and re-raises their CancelledError out of its gather."""
+    async with asyncio.timeout(wait):
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+    await worker.close()

@@ -34,7 +34,7 @@ from akto_worker.state import WorkerState
 from tests.fake_akto import FakeAkto
 from tests.stack import RedisServer, new_redis
 
-from .conftest import RESULTS
+from .conftest import RESULTS, close_worker
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -116,7 +116,7 @@ async def start_worker(akto: FakeAkto, redis_url: str, **config: Any) -> tuple[R
 async def stop_worker(run: Run, task: asyncio.Task[None]) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    await run.worker.close()
+    await close_worker(run.worker)
     await run.redis.aclose()
 
 

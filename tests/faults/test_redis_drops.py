@@ -18,7 +18,7 @@ from akto_ingest.connections import arq_redis_settings as redis_settings
 from akto_worker.claims import survive_connection_drops
 from tests.stack import new_redis
 
-from .conftest import RESULTS
+from .conftest import RESULTS, close_worker
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -81,12 +81,8 @@ async def test_worker_survives_redis_dropping_its_connections_mid_claim(
         dropper.cancel()
         run.cancel()
         await asyncio.gather(run, dropper, return_exceptions=True)
-        # A job still running (a rerun after a dropped connection) is left to end: arq's close()
-        # cancels running jobs and re-raises their CancelledError out of its gather.
-        async with asyncio.timeout(30):
-            await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
         try:
-            await worker.close()
+            await close_worker(worker)
             await producer.aclose()
             await admin.aclose()
         finally:
