@@ -226,6 +226,15 @@ def _pick(result: dict[str, Any], *names: str) -> Any:
     return None
 
 
+def _boolean(result: dict[str, Any], *names: str) -> bool | None:
+    """A flag of Akto's verdict, or None when absent. Read as truthy, a text such as "false" would
+    turn a refusal into an allow, so anything but a JSON boolean is an unreadable answer."""
+    value = _pick(result, *names)
+    if value is not None and not isinstance(value, bool):
+        raise AktoBadResponse(f"guardrailsResult {names[0]} is {type(value).__name__}, not a boolean")
+    return value
+
+
 def parse_verdict(body: Any) -> Verdict:
     """Read a verdict from an http-proxy answer; no ``guardrailsResult`` means allow."""
     if not isinstance(body, dict):
@@ -236,24 +245,16 @@ def parse_verdict(body: Any) -> Verdict:
         return ALLOW
     if not isinstance(result, dict):
         raise AktoBadResponse("guardrailsResult is not an object")
-    allowed = _pick(result, "Allowed", "allowed")
+    allowed = _boolean(result, "Allowed", "allowed")
     if allowed is None:
         return ALLOW
-    if not isinstance(allowed, bool):
-        # Read as truthy, "false" would allow the request Akto refused.
-        raise AktoBadResponse(f"guardrailsResult Allowed is {type(allowed).__name__}, not a boolean")
     reason = _pick(result, "Reason", "reason") or ""
     behaviour = _pick(result, "behaviour", "Behaviour", "behavior") or ""
-    fail_open = _pick(result, "failOpen", "FailOpen", "fail_open")
-    if fail_open is not None and not isinstance(fail_open, bool):
-        raise AktoBadResponse(f"guardrailsResult failOpen is {type(fail_open).__name__}, not a boolean")
-    fail_open = fail_open is True
+    fail_open = _boolean(result, "failOpen", "FailOpen", "fail_open") is True
     error = str(_pick(result, "error", "Error") or "") if fail_open else ""
     meta = _pick(result, "Metadata", "metadata")
     meta = meta if isinstance(meta, dict) else {}
-    modified = _pick(result, "Modified", "modified")
-    if modified is not None and not isinstance(modified, bool):
-        raise AktoBadResponse(f"guardrailsResult Modified is {type(modified).__name__}, not a boolean")
+    modified = _boolean(result, "Modified", "modified")
     payload = _pick(result, "ModifiedPayload", "modifiedPayload", "modified_payload")
     if modified and not (isinstance(payload, str) and payload):
         # Akto masked something we cannot read: an empty payload is a mask that cannot be applied,
