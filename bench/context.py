@@ -20,7 +20,10 @@ import redis
 import yaml
 
 from tests.stack import (
+    BLOCK_EXAMPLE,
+    DURING_EXAMPLE,
     MOCK_MODELS,
+    MONITOR_EXAMPLE,
     REPO,
     AktoAdmin,
     LlmAdmin,
@@ -39,9 +42,6 @@ from tests.stack import (
 
 from . import profile
 
-BLOCK_EXAMPLE = REPO / "deploy" / "litellm" / "config.block.yaml"
-MONITOR_EXAMPLE = REPO / "deploy" / "litellm" / "config.monitor.yaml"
-DURING_EXAMPLE = REPO / "deploy" / "litellm" / "config.during-call.yaml"
 MASTER_KEY_SETTINGS = {"master_key": "os.environ/LITELLM_MASTER_KEY"}
 
 # How long the fake Akto takes to answer, in every section (and the wait control's wait).

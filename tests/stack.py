@@ -245,6 +245,8 @@ def new_redis(log_dir: Path, *, appendonly: bool = False) -> RedisServer:
 BLOCK_EXAMPLE = REPO / "deploy" / "litellm" / "config.block.yaml"
 MONITOR_EXAMPLE = REPO / "deploy" / "litellm" / "config.monitor.yaml"
 CALLBACK_EXAMPLE = REPO / "deploy" / "litellm" / "config.callback.yaml"
+DURING_EXAMPLE = REPO / "deploy" / "litellm" / "config.during-call.yaml"
+MCP_EXAMPLE = REPO / "deploy" / "litellm" / "config.mcp.yaml"
 # Tests retry fast; production defaults are 1 s doubling to 300 s, with a 10 s delivery timeout.
 FAST_RETRY = {"AKTO_BACKOFF_BASE": "0.2", "AKTO_BACKOFF_MAX": "1", "AKTO_DELIVERY_TIMEOUT": "2"}
 

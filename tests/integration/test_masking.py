@@ -18,10 +18,10 @@ import redis
 from akto_ingest.queue import inbox_key
 from tests.stack import (
     BLOCK_EXAMPLE,
+    DURING_EXAMPLE,
     FAST_RETRY,
     MASTER_KEY,
     PROMETHEUS_SETTINGS,
-    REPO,
     AktoAdmin,
     LlmAdmin,
     Proc,
@@ -39,7 +39,6 @@ from tests.stack import (
 
 pytestmark = pytest.mark.integration
 
-DURING_EXAMPLE = REPO / "deploy" / "litellm" / "config.during-call.yaml"
 CARD = "4111-1111-1111-1111"
 MASKED_CARD = "[CARD]"
 
