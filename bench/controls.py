@@ -19,30 +19,25 @@ import os
 from typing import Any
 
 import aiohttp
-import orjson
 from litellm.integrations.custom_guardrail import CustomGuardrail
+from pydantic import SecretStr
+
+from akto_ingest.config import AktoSettings
+from akto_ingest.record import Record
+from akto_ingest.wire import encode, envelope, http_proxy_params
 
 WAIT_SECONDS = float(os.environ["BENCH_WAIT_MS"]) / 1000  # the fake Akto's delay, set by bench/context.py
-CHECK_PATH = "/api/http-proxy?akto_connector=litellm&guardrails=true"
+CHECK_PATH = "/api/http-proxy?" + "&".join(
+    f"{k}={v}" for k, v in http_proxy_params(check_request=True, check_response=False, ingest=False).items()
+)
 # Akto's envelope for a one-line prompt, built once: the control pays for the round trip only.
-CHECK_BODY = orjson.dumps(
-    {
-        "path": "/v1/chat/completions",
-        "method": "POST",
-        "requestHeaders": "{}",
-        "responseHeaders": "{}",
-        "requestPayload": orjson.dumps({"messages": [{"role": "user", "content": "hello"}]}).decode(),
-        "responsePayload": "{}",
-        "ip": "",
-        "time": "0",
-        "statusCode": "200",
-        "type": "HTTP/1.1",
-        "status": "200",
-        "akto_account_id": "1000000",
-        "akto_vxlan_id": "0",
-        "is_pending": "false",
-        "source": "MIRRORING",
-    }
+CHECK_BODY = encode(
+    envelope(
+        Record(id="bench-control", mode="block", request_body={"messages": [{"role": "user", "content": "hello"}]}),
+        AktoSettings(
+            akto_base_url=os.environ["AKTO_GUARDRAIL_API_BASE"], akto_api_key=SecretStr(os.environ["AKTO_API_KEY"])
+        ),
+    )
 )
 
 
