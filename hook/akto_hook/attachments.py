@@ -31,13 +31,23 @@ ATTACHMENT_TYPES = frozenset({"image_url", "input_audio", "file", "image", "docu
 _URL_SAFE = str.maketrans("-_", "+/")
 
 
-def summarized(body: Mapping[str, Any]) -> dict[str, Any]:
-    """``body`` with every inline attachment in its content fields replaced by its summary."""
-    return {key: _walk(value) if key in CONTENT_FIELDS else value for key, value in body.items()}
+def summary_of(value: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The summary of ``value`` when it is an attachment that carries bytes inline (a content part
+    of :data:`ATTACHMENT_TYPES`, or Gemini's ``inline_data`` blob), else None."""
+    if value.get("type") in ATTACHMENT_TYPES:
+        return _summary(value)
+    data = value.get("data")
+    media_type = value.get("mime_type", value.get("mimeType"))
+    if isinstance(data, str) and isinstance(media_type, str) and value.keys() <= INLINE_DATA_KEYS:
+        return fingerprint("inline_data", _b64_bytes(data), media_type, value.get("display_name"))
+    return None
 
 
 SUMMARY_KEYS = frozenset({"type", "size", "sha256", "media_type", "filename"})
 
+
+# Gemini's ``inline_data`` / ``inlineData`` blob: base64 ``data`` with its media type.
+INLINE_DATA_KEYS = frozenset({"data", "mime_type", "mimeType", "display_name", "displayName"})
 
 # MCP content blocks that carry bytes: ``image`` and ``audio`` (``data``), ``resource`` (``resource.blob``).
 MCP_TYPES = frozenset({"audio", "resource"})
@@ -52,11 +62,11 @@ def summarized_response(body: Mapping[str, Any]) -> dict[str, Any]:
         message = choice.get("message") if isinstance(choice, dict) else None
         audio = message.get("audio") if isinstance(message, dict) else None
         if isinstance(audio, dict) and isinstance(audio.get("data"), str):
-            audio["data"] = _described("audio", _b64_bytes(audio["data"]))
+            audio["data"] = fingerprint("audio", _b64_bytes(audio["data"]))
     for item in out.get("output") or ():
         generated = isinstance(item, dict) and item.get("type") == "image_generation_call"
         if generated and isinstance(item.get("result"), str):
-            item["result"] = _described("image", _b64_bytes(item["result"]))
+            item["result"] = fingerprint("image", _b64_bytes(item["result"]))
     return out
 
 
@@ -66,7 +76,7 @@ def is_summary(value: Any) -> bool:
     return (
         isinstance(value, Mapping)
         and value.keys() <= SUMMARY_KEYS
-        and value.get("type") in ATTACHMENT_TYPES | MCP_TYPES
+        and value.get("type") in ATTACHMENT_TYPES | MCP_TYPES | {"inline_data", "file"}
         and isinstance(value.get("sha256"), str)
         and isinstance(value.get("size"), int)
     )
@@ -77,10 +87,9 @@ def _walk(value: Any, mcp: bool = False) -> Any:
         return [_walk(item, mcp) for item in value]
     if not isinstance(value, Mapping):
         return value
-    if value.get("type") in ATTACHMENT_TYPES:
-        summary = _summary(value)
-        if summary is not None:
-            return summary
+    summary = summary_of(value)
+    if summary is not None:
+        return summary
     if mcp and value.get("type") in MCP_TYPES | {"image"}:
         summary = _mcp_summary(value)
         if summary is not None:
@@ -96,10 +105,10 @@ def _mcp_summary(block: Mapping[str, Any]) -> dict[str, Any] | None:
         if isinstance(resource, Mapping) and isinstance(resource.get("blob"), str):
             uri = resource.get("uri")
             name = posixpath.basename(urlparse(uri).path) if isinstance(uri, str) else None
-            return _described(kind, _b64_bytes(resource["blob"]), resource.get("mimeType"), name)
+            return fingerprint(kind, _b64_bytes(resource["blob"]), resource.get("mimeType"), name)
         return None
     if isinstance(block.get("data"), str):
-        return _described(kind, _b64_bytes(block["data"]), block.get("mimeType"))
+        return fingerprint(kind, _b64_bytes(block["data"]), block.get("mimeType"))
     return None
 
 
@@ -114,7 +123,7 @@ def _summary(part: Mapping[str, Any]) -> dict[str, Any] | None:
         audio = part.get("input_audio")
         if isinstance(audio, Mapping) and isinstance(audio.get("data"), str):
             fmt = audio.get("format")
-            return _described(kind, _b64_bytes(audio["data"]), f"audio/{fmt}" if isinstance(fmt, str) else None)
+            return fingerprint(kind, _b64_bytes(audio["data"]), f"audio/{fmt}" if isinstance(fmt, str) else None)
         return None
     if kind == "file":
         file = part.get("file")
@@ -126,7 +135,7 @@ def _summary(part: Mapping[str, Any]) -> dict[str, Any] | None:
     source = part.get("source")
     # Anthropic image/document: only a base64 source is bytes (url, text and file sources are not).
     if isinstance(source, Mapping) and source.get("type") == "base64" and isinstance(source.get("data"), str):
-        return _described(kind, _b64_bytes(source["data"]), source.get("media_type"), part.get("title"))
+        return fingerprint(kind, _b64_bytes(source["data"]), source.get("media_type"), part.get("title"))
     return None
 
 
@@ -141,8 +150,8 @@ def _from_data_url(kind: str, value: Any, filename: Any = None) -> dict[str, Any
         params = header.split(";")
         media_type = params[0] or None
         raw = _b64_bytes(data) if params[-1].strip().lower() == "base64" else unquote_to_bytes(data)
-        return _described(kind, raw, media_type, filename)
-    return _described(kind, _b64_bytes(value), None, filename)
+        return fingerprint(kind, raw, media_type, filename)
+    return fingerprint(kind, _b64_bytes(value), None, filename)
 
 
 def _b64_bytes(data: str) -> bytes:
@@ -155,7 +164,9 @@ def _b64_bytes(data: str) -> bytes:
         return data.encode(errors="surrogatepass")
 
 
-def _described(kind: str, raw: bytes, media_type: Any = None, filename: Any = None) -> dict[str, Any]:
+def fingerprint(kind: str, raw: bytes, media_type: Any = None, filename: Any = None) -> dict[str, Any]:
+    """What a record and a check keep of ``raw``: its kind, size and SHA-256 (and the media type and
+    file name when given), never the bytes."""
     summary: dict[str, Any] = {"type": kind, "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
     if isinstance(media_type, str) and media_type:
         summary["media_type"] = media_type

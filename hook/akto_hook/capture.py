@@ -16,24 +16,15 @@ from urllib.parse import urlparse
 from akto_ingest.config import OnFlagged
 from akto_ingest.record import Record
 
-from . import attachments, metrics
+from . import attachments, metrics, views
 
 log = logging.getLogger("akto_hook")
-
-# What Akto needs to see of the request body; LiteLLM's own additions (metadata with copies of the
-# headers, for one) stay out. ``system`` is Anthropic's system prompt, ``instructions`` the Responses API's.
-REQUEST_FIELDS = ("model", "messages", "tools", "tool_choice", "functions", "input", "prompt", "system", "instructions")
 
 
 def as_dict(value: Any) -> dict[str, Any]:
     """``value`` when it is a dict, else an empty one: LiteLLM's kwargs hold None or other types where
     a dict is usual."""
     return value if isinstance(value, dict) else {}
-
-
-def _request_body(body: Mapping[str, Any], fallback: Mapping[str, Any]) -> dict[str, Any]:
-    source = body or fallback
-    return attachments.summarized({key: source[key] for key in REQUEST_FIELDS if source.get(key) is not None})
 
 
 # Identity tags: record metadata key -> the key LiteLLM's auth puts in the request's metadata.
@@ -74,6 +65,7 @@ def _base(
     request: Mapping[str, Any],
     meta: Mapping[str, Any],
     fallback: Mapping[str, Any],
+    strict: bool,
 ) -> dict[str, Any]:
     return {
         "id": str(call_id or uuid.uuid4()),
@@ -81,7 +73,7 @@ def _base(
         "path": _path(request, meta),
         "method": str(request.get("method") or "POST"),
         "request_headers": as_dict(request.get("headers")),
-        "request_body": _request_body(as_dict(request.get("body")), fallback),
+        "request_body": views.request_body(as_dict(request.get("body")) or fallback, strict=strict),
         "client_ip": str(meta.get("requester_ip_address") or "127.0.0.1"),
         "session_id": _session(meta.get("session_id"), meta.get("trace_id")),
         "metadata": _metadata(meta),
@@ -94,11 +86,11 @@ def from_request(data: Mapping[str, Any], mode: OnFlagged) -> Record:
     # where "metadata" is the client's own (Anthropic's metadata.user_id, for one).
     meta = {**as_dict(data.get("metadata")), **as_dict(data.get("litellm_metadata"))}
     request = as_dict(data.get("proxy_server_request"))
-    if any(data.get(key) is not None for key in REQUEST_FIELDS):
-        # What the LLM gets wins: LiteLLM rewrites ``data`` before the guardrails run (a prompt
-        # template's messages replace the client's), while ``proxy_server_request`` keeps the original.
-        request = {**request, "body": {**as_dict(request.get("body")), **data}}
-    base = _base(call_id=data.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=data)
+    # What the LLM gets wins: LiteLLM rewrites ``data`` before the guardrails run (a prompt template's
+    # messages replace the client's), while ``proxy_server_request`` keeps the original. A field only
+    # the original has is checked too.
+    request = {**request, "body": {**as_dict(request.get("body")), **data}}
+    base = _base(call_id=data.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=data, strict=True)
     base["session_id"] = _session(data.get("litellm_session_id"), base["session_id"])
     return Record(**base)
 
@@ -108,8 +100,16 @@ def _from_log(kwargs: Mapping[str, Any], mode: OnFlagged) -> dict[str, Any]:
     slo = as_dict(kwargs.get("standard_logging_object"))
     meta = {**as_dict(params.get("metadata")), **as_dict(slo.get("metadata"))}
     request = as_dict(params.get("proxy_server_request"))
-    fallback = {"model": kwargs.get("model"), "messages": kwargs.get("messages") or slo.get("messages")}
-    base = _base(call_id=kwargs.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=fallback)
+    # LiteLLM as a library has no client request: the call's model, messages and params stand for it.
+    fallback = {
+        "model": kwargs.get("model"),
+        "messages": kwargs.get("messages") or slo.get("messages"),
+        **as_dict(kwargs.get("optional_params")),
+    }
+    # A record is kept whatever it holds: a value it cannot read is named, not a reason to drop it.
+    base = _base(
+        call_id=kwargs.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=fallback, strict=False
+    )
     base["session_id"] = _session(params.get("litellm_session_id"), slo.get("session_id"), base["session_id"])
     if not meta.get("requester_ip_address") and slo.get("requester_ip_address"):
         base["client_ip"] = str(slo["requester_ip_address"])

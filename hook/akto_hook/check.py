@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,13 +37,22 @@ from akto_ingest.errors import AktoBadResponse, AktoError, AktoHTTPError, AktoUn
 from akto_ingest.record import Record
 from akto_ingest.wire import ALLOW, MAX_STRING_BYTES, Verdict, encode, envelope
 
-from . import attachments, metrics
+from . import metrics, views
+from .views.generic import as_json
 
 log = logging.getLogger("akto_hook")
 
 # What one Akto call checks: a request, a response, or attachments.
 Checked = Literal["request", "response", "files"]
-FailureReason = Literal["unreachable", "http_error", "unreadable_body", "akto_fail_open", "too_large", "internal_error"]
+FailureReason = Literal[
+    "unreachable",
+    "http_error",
+    "unreadable_body",
+    "akto_fail_open",
+    "too_large",
+    "unreadable_request",
+    "internal_error",
+]
 # The reasons that are Akto's: the spec's "Akto unreachable" and "Akto returns error" rows.
 AKTO_REASONS: frozenset[FailureReason] = frozenset({"unreachable", "http_error", "unreadable_body", "akto_fail_open"})
 
@@ -261,8 +270,9 @@ def check_bodies(record: Record, akto: AktoSettings) -> list[bytes]:
 def split(body: Mapping[str, Any], *, budget: int = PART_BUDGET, overlap: int = OVERLAP_CHARS) -> list[dict[str, Any]]:
     """Split a request body into chat requests whose ``requestPayload`` is at most ``budget`` bytes.
 
-    Every piece of text in the body is in some part: message contents keep their role, and what is
-    not text (tool calls, tool definitions, images) is carried as its JSON. A text too long for one
+    Every piece of the body is in some part (``views.segments``): message contents keep their role,
+    and what is not text (tool calls, tool definitions, a field no family module reads) is carried
+    as its JSON. A text too long for one
     part continues in the next, repeating its last ``overlap`` characters there. Sizes are measured
     as Akto receives them, after both levels of JSON escaping (a control character costs 7 bytes).
     """
@@ -280,7 +290,7 @@ def split(body: Mapping[str, Any], *, budget: int = PART_BUDGET, overlap: int = 
         parts.append({**frame, "messages": messages})
         messages, used = [], frame_cost
 
-    for role, text in _segments(body):
+    for role, text in views.segments(body):
         start = 0
         while text:
             taken = _fit(role, text, start, budget - used)
@@ -301,81 +311,14 @@ def split(body: Mapping[str, Any], *, budget: int = PART_BUDGET, overlap: int = 
     return parts
 
 
-def _segments(body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
-    for key, value in body.items():
-        if key == "model" or value is None:
-            continue
-        if key == "messages" and isinstance(value, list):
-            for message in value:
-                yield from _message_segments(message)
-        elif key in ("system", "instructions"):
-            # Anthropic's system prompt (a string or text blocks) and the Responses API's instructions.
-            yield from _content_segments("system", value)
-        elif key == "input" and isinstance(value, list):
-            for item in value:
-                if isinstance(item, Mapping) and "role" in item:
-                    yield from _message_segments(item)
-                else:
-                    yield from _part_segments("user", item)
-        elif isinstance(value, str):
-            yield "user", value
-        elif key == "prompt" and isinstance(value, list) and all(isinstance(v, str) for v in value):
-            for item in value:
-                yield "user", item
-        else:
-            yield "system", _json({key: value})
-
-
-def _message_segments(message: Any) -> Iterator[tuple[str, str]]:
-    if not isinstance(message, Mapping):
-        yield "user", _json(message)
-        return
-    role = message.get("role")
-    role = role if isinstance(role, str) and role else "user"
-    yield from _content_segments(role, message.get("content"))
-    rest = {k: v for k, v in message.items() if k not in ("role", "content") and v is not None}
-    if rest:
-        yield role, _json(rest)
-
-
-def _content_segments(role: str, content: Any) -> Iterator[tuple[str, str]]:
-    if isinstance(content, list):
-        for item in content:
-            yield from _part_segments(role, item)
-    elif content is not None:
-        yield from _part_segments(role, content)
-
-
-def _part_segments(role: str, part: Any) -> Iterator[tuple[str, str]]:
-    """One content part's text: ``text``/``input_text``/``output_text`` as text, a ``tool_result``'s
-    content as its own parts, an attachment's summary not at all (it is no text), anything else
-    (``tool_use``, a function call, an image URL) as its JSON."""
-    if part is None or attachments.is_summary(part):
-        return
-    if isinstance(part, str):
-        yield role, part
-    elif isinstance(part, Mapping) and isinstance(part.get("text"), str):
-        yield role, part["text"]
-    elif isinstance(part, Mapping) and part.get("type") == "tool_result":
-        yield from _content_segments(role, part.get("content"))
-        rest = {k: v for k, v in part.items() if k != "content" and v is not None}
-        yield role, _json(rest)
-    else:
-        yield role, _json(part)
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
 def _payload_size(request_body: Any) -> int:
     # Exactly what wire.envelope makes of it: the body as JSON, wrapped as {"body": "<json>"}.
-    return len(orjson.dumps({"body": _json(request_body)}))
+    return len(orjson.dumps({"body": as_json(request_body)}))
 
 
 def _message_size(message: Mapping[str, str]) -> int:
     # One message's share of the payload: its JSON escaped once more, plus the comma before it.
-    return len(orjson.dumps(_json(message))) - 2 + 1
+    return len(orjson.dumps(as_json(message))) - 2 + 1
 
 
 def _fit(role: str, text: str, start: int, room: int) -> int:

@@ -28,7 +28,7 @@ from akto_ingest.config import GUARDRAIL_KEYS, AktoSettings, HookSettings, OnFla
 from akto_ingest.errors import ConfigError
 from akto_ingest.record import Record
 
-from . import capture, masking, mcp, metrics, reporting
+from . import capture, masking, mcp, metrics, reporting, views
 from .check import Decision, Failure, InlineCheck, blocked_fields, fallback_passes
 from .enqueue import Enqueuer
 from .file_check import FileCheck, with_files
@@ -213,6 +213,11 @@ class AktoGuardrail(CustomGuardrail):
         since = time.time()
         try:
             record = build() if build is not None else capture.from_request(data, "block")
+        except views.Unreadable as exc:
+            # Deny by default: what cannot be read is not passed as if it had been checked.
+            failure = Failure("unreadable_request", str(exc))
+            self._report_fallback(data, failure, since, during_call)
+            return self._unchecked(str(data.get("litellm_call_id")), failure, data)
         except Exception as exc:
             # Our own bug must not decide the request: it is a check that could not be made.
             log.exception("akto check could not be built call_id=%s", data.get("litellm_call_id"))

@@ -26,7 +26,8 @@ TASK_FAILURES = Counter(
 CAPTURE_FAILURES = Counter("akto_hook_capture_failures", "Calls whose record could not be built (a bug: see the log)")
 BLOCKED = Counter("akto_hook_blocked", "Requests blocked by an Akto verdict")
 # reason: unreachable, http_error, unreadable_body, akto_fail_open (Akto's gateway answered failOpen),
-# too_large, internal_error (the check could not be built).
+# too_large, unreadable_request (a value the guardrail cannot read), internal_error (the check could
+# not be built).
 FALLBACK = Counter("akto_hook_fallback", "Requests decided by unreachable_fallback", ["decision", "reason"])
 # action: blocked, or flagged (an alert or warn verdict, which passes). policy is bounded
 # (violations.PolicyLabels): the names come from Akto's configuration.

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from akto_hook import attachments
+from akto_hook import attachments, views
 
 DATA = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 B64 = base64.b64encode(DATA).decode()
@@ -21,7 +21,7 @@ def summary(kind: str, **extra: Any) -> dict[str, Any]:
 
 
 def only_part(body: dict[str, Any], field: str = "messages") -> Any:
-    return attachments.summarized(body)[field][0]["content"][0]
+    return views.request_body(body)[field][0]["content"][0]
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_every_inline_attachment_becomes_its_summary(part: dict[str, Any], expec
     body = {"model": "m", "messages": [{"role": "user", "content": [part]}]}
     assert only_part(body) == expected
     assert attachments.is_summary(expected)
-    assert B64[:64] not in json.dumps(attachments.summarized(body))
+    assert B64[:64] not in json.dumps(views.request_body(body))
 
 
 @pytest.mark.parametrize(
@@ -114,15 +114,25 @@ def test_attachments_nested_in_tool_results_and_responses_input_are_summarized()
         "input": [{"role": "user", "content": [{"type": "input_image", "image_url": f"data:image/png;base64,{B64}"}]}],
         "system": [{"type": "text", "text": "sys"}],
     }
-    out = attachments.summarized(body)
+    out = views.request_body(body)
     assert out["messages"][0]["content"][0]["content"][0] == summary("image", media_type="image/png")
     assert out["input"][0]["content"][0] == summary("input_image", media_type="image/png")
     assert out["system"] == body["system"]
 
 
-def test_fields_that_are_not_content_are_left_alone() -> None:
-    tools = [{"type": "file", "file": {"file_data": B64}}]
-    assert attachments.summarized({"tools": tools})["tools"] == tools
+def test_attachments_are_summarized_in_any_field_and_other_values_left_alone() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    blob = {"type": "file", "file": {"file_data": B64}}
+    assert views.request_body({"tools": tools, "extra": [blob]}) == {
+        "tools": tools,
+        "extra": [summary("file")],
+    }
+
+
+def test_gemini_inline_data_is_summarized() -> None:
+    part = {"inline_data": {"mime_type": "image/png", "data": B64}}
+    body = views.request_body({"contents": [{"role": "user", "parts": [{"text": "look"}, part]}]})
+    assert body["contents"][0]["parts"][1] == {"inline_data": summary("inline_data", media_type="image/png")}
 
 
 def test_a_part_with_text_is_never_taken_for_a_summary() -> None:

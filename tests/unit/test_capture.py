@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from akto_hook import capture
+from akto_hook import capture, views
 from akto_ingest.config import AktoSettings
 from akto_ingest.record import Record
 from akto_ingest.wire import MESSAGE_ID_HEADER, envelope
@@ -142,7 +142,7 @@ def test_from_request_builds_the_block_record() -> None:
     assert record.path == "/v1/chat/completions"  # from the url, query string dropped
     assert record.method == "POST"
     assert record.client_ip == "10.0.0.7"
-    assert record.request_body == {"model": "gpt-4o-mini", "messages": MESSAGES}
+    assert record.request_body == {"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0.2}
     assert record.metadata == {"user_id": "user-1", "team_id": "team-9", "key_alias": "ci-key"}
     assert record.response_body is None
     assert record.status_code == 200
@@ -171,7 +171,7 @@ def test_from_request_without_proxy_request_uses_the_data_itself() -> None:
     data = request_data()
     data.pop("proxy_server_request")
     record = capture.from_request(data, "monitor")
-    assert record.request_body == {"model": "gpt-4o-mini", "messages": MESSAGES}
+    assert record.request_body == {"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0.2}
     assert record.request_headers == {}
     assert record.mode == "monitor"
 
@@ -190,7 +190,7 @@ def test_from_request_without_call_id_gets_a_fresh_id() -> None:
     assert first.id and second.id and first.id != second.id
 
 
-def test_from_request_keeps_tools_and_drops_litellm_additions() -> None:
+def test_from_request_keeps_every_client_field_and_drops_litellm_additions() -> None:
     data = request_data()
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
     data["proxy_server_request"]["body"] = {
@@ -207,6 +207,8 @@ def test_from_request_keeps_tools_and_drops_litellm_additions() -> None:
         "messages": MESSAGES,
         "tools": tools,
         "tool_choice": "auto",
+        "user": "end-user",
+        "temperature": 0.2,
     }
     no_credentials(record)
 
@@ -237,7 +239,7 @@ def test_from_success_builds_the_record_with_the_response() -> None:
     assert record.path == "/v1/chat/completions"
     assert record.status_code == 200
     assert record.response_body == kwargs["standard_logging_object"]["response"]
-    assert record.request_body == {"model": "gpt-4o-mini", "messages": MESSAGES}
+    assert record.request_body == {"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0.2}
     assert record.client_ip == "10.0.0.7"
     assert record.metadata == {"user_id": "user-1", "team_id": "team-9", "key_alias": "ci-key"}
     no_credentials(record)
@@ -260,8 +262,15 @@ def test_from_success_without_proxy_request_uses_logged_messages() -> None:
     kwargs = log_kwargs()
     kwargs["litellm_params"].pop("proxy_server_request")
     kwargs["litellm_params"]["metadata"] = {}
+    kwargs["optional_params"] = {"temperature": 0.3, "api_key": "sk-secret"}
     record = capture.from_success(kwargs, None, "block")
-    assert record.request_body == {"model": "gpt-4o-mini", "messages": MESSAGES}
+    # The SDK's call params stand for the request it has not: all of them, credentials redacted.
+    assert record.request_body == {
+        "model": "gpt-4o-mini",
+        "messages": MESSAGES,
+        "temperature": 0.3,
+        "api_key": views.REDACTED,
+    }
     assert record.path == "/v1/chat/completions"  # from the logged route
     assert record.client_ip == "10.0.0.7"  # from the standard logging metadata
 
@@ -319,7 +328,7 @@ def test_records_survive_the_queue_round_trip() -> None:
 # -- more APIs, attachments, identity -----------------------------------------------------------------
 
 
-def test_system_and_instructions_are_kept_and_attachments_summarized() -> None:
+def test_every_field_is_kept_and_attachments_summarized() -> None:
     data = request_data()
     image = base64.b64encode(b"\x00" * 100).decode()
     body = {
@@ -336,7 +345,7 @@ def test_system_and_instructions_are_kept_and_attachments_summarized() -> None:
     record = capture.from_request(data, "block")
     assert record.request_body["system"] == "anthropic system prompt"
     assert record.request_body["instructions"] == "responses instructions"
-    assert "max_tokens" not in record.request_body
+    assert record.request_body["max_tokens"] == 10
     assert record.request_body["messages"][0]["content"][0] == {
         "type": "image_url",
         "size": 100,

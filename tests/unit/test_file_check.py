@@ -12,7 +12,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from akto_hook import attachments, masking
+from akto_hook import attachments, masking, views
 from akto_hook.check import Decision, InlineCheck
 from akto_hook.file_check import UNMASKABLE, FileCheck, with_files
 from akto_ingest.akto_client import AktoClient
@@ -39,7 +39,7 @@ def text_file(content: bytes, name: str = "notes.txt") -> dict[str, Any]:
 
 
 def record_of(body: dict[str, Any]) -> Record:
-    return Record(id="call-f", mode="block", request_body=attachments.summarized(body))
+    return Record(id="call-f", mode="block", request_body=views.request_body(body))
 
 
 # -- what is sent -----------------------------------------------------------------------------------

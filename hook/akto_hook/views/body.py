@@ -1,0 +1,114 @@
+"""The request body Akto checks and the record keeps: everything the LLM call will use.
+
+Deny by default: the body is the whole of LiteLLM's request ``data`` less a short, named list of
+LiteLLM's own bookkeeping (:data:`BOOKKEEPING`, and every ``litellm_*`` / ``_litellm_*`` key). A
+field LiteLLM or a provider adds tomorrow is checked the day it appears.
+
+One pass (:func:`cleaned`) makes it plain JSON, as Akto and Redis take it:
+
+- credentials are redacted at any depth (``redact.py``);
+- inline attachments (images, audio, files, Gemini ``inline_data``) become a fingerprint
+  (``attachments.py``); raw bytes and in-memory files (an audio upload) too;
+- a pydantic model or dataclass becomes its fields.
+
+Anything else is a value this guardrail cannot read: :class:`Unreadable`, and the request gets the
+``unreachable_fallback`` (``fail_closed``: 503), never a pass. The walk is iterative, so no depth of
+nesting can make it fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from .. import attachments
+from .redact import REDACTED, is_credential_key, is_credential_param
+
+# LiteLLM's own additions to a request (none of them goes to the LLM as the client's content):
+# its metadata (with copies of the headers), the client's raw request, the request's secrets, its
+# logging object and, during the call, its HTTP session.
+BOOKKEEPING = frozenset(
+    {"metadata", "proxy_server_request", "secret_fields", "shared_session", "user_api_key_dict", "guardrails"}
+)
+BOOKKEEPING_PREFIXES = ("litellm_", "_litellm_")
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class Unreadable(Exception):
+    """A request holds a value the guardrail cannot read; the message names where and what it is."""
+
+
+def is_bookkeeping(key: str) -> bool:
+    return key in BOOKKEEPING or key.startswith(BOOKKEEPING_PREFIXES)
+
+
+def request_body(source: Mapping[str, Any], *, strict: bool = True) -> dict[str, Any]:
+    """``source`` less LiteLLM's bookkeeping, made plain by :func:`cleaned`."""
+    body = cleaned({str(key): value for key, value in source.items() if not is_bookkeeping(str(key))}, strict=strict)
+    return body if isinstance(body, dict) else {}
+
+
+def cleaned(value: Any, *, strict: bool = True) -> Any:
+    """``value`` as plain JSON data with credentials redacted and attachments fingerprinted.
+
+    A value that cannot be read raises :class:`Unreadable` when ``strict`` (a check must not pass
+    what it could not read); otherwise it is recorded as ``{"unreadable": "<type>"}`` (a record is
+    kept whatever it holds). Iterative: each container is built empty, put in its place, then filled
+    as the stack unwinds, so key order is kept and depth costs no Python stack.
+    """
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any, str]] = [(root, 0, value, "")]
+    while stack:
+        target, slot, item, where = stack.pop()
+        if isinstance(item, _SCALARS):
+            target[slot] = item
+            continue
+        if isinstance(item, Mapping):
+            summary = attachments.summary_of(item)
+            if summary is not None:
+                target[slot] = summary
+                continue
+            out: dict[str, Any] = {}
+            target[slot] = out
+            for key, child in item.items():
+                name = str(key)
+                if child is not None and (
+                    is_credential_param(name) or (is_credential_key(name) and isinstance(child, _SCALARS))
+                ):
+                    out[name] = REDACTED
+                else:
+                    out[name] = None
+                    stack.append((out, name, child, f"{where}.{name}" if where else name))
+            continue
+        if isinstance(item, list | tuple):
+            items: list[Any] = [None] * len(item)
+            target[slot] = items
+            stack.extend((items, index, child, f"{where}[{index}]") for index, child in enumerate(item))
+            continue
+        raw = _bytes_of(item)
+        if raw is not None:
+            target[slot] = attachments.fingerprint("file", raw, filename=getattr(item, "name", None))
+        elif isinstance(item, BaseModel):
+            stack.append((target, slot, item.model_dump(), where))
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            fields = {field.name: getattr(item, field.name) for field in dataclasses.fields(item)}
+            stack.append((target, slot, fields, where))
+        elif strict:
+            raise Unreadable(f"the request's {where or 'body'} is a {type(item).__qualname__}, which cannot be read")
+        else:
+            target[slot] = {"unreadable": type(item).__qualname__}
+    return root[0]
+
+
+def _bytes_of(item: Any) -> bytes | None:
+    """The bytes of raw bytes or an in-memory file (read without moving its position), else None."""
+    if isinstance(item, bytes | bytearray | memoryview):
+        return bytes(item)
+    if isinstance(item, io.BytesIO):
+        return item.getvalue()
+    return None
