@@ -138,6 +138,7 @@ def app(settings: Settings) -> web.Application:
     for path in ("/v1/chat/completions", "/chat/completions"):
         application.router.add_post(path, completions)
     add_responses_route(application, settings)
+    add_other_routes(application, settings)
     application.router.add_post("/_admin/config", admin_config)
     application.router.add_get("/_admin/requests", admin_requests)
     application.router.add_post("/_admin/reset", admin_reset)
@@ -212,6 +213,73 @@ def add_responses_route(application: web.Application, settings: Settings) -> Non
 
     for path in ("/v1/responses", "/responses"):
         application.router.add_post(path, responses)
+
+
+def add_other_routes(application: web.Application, settings: Settings) -> None:
+    """The other model APIs LiteLLM routes (text completions, embeddings, images, audio transcription
+    and Cohere's rerank), each answered with a minimal valid body; what they received is kept beside
+    the chat requests (a transcription's form fields, with the file's size)."""
+
+    async def form(request: web.Request) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        for name, value in (await request.post()).items():
+            fields[name] = value if isinstance(value, str) else {"file_size": len(value.file.read())}
+        settings.requests.append(fields)
+        del settings.requests[:-KEEP_REQUESTS]
+        settings.served += 1
+        return fields
+
+    async def text_completion(request: web.Request) -> web.Response:
+        body = await _received(request, settings)
+        choice = {"index": 0, "text": settings.reply, "finish_reason": "stop", "logprobs": None}
+        return web.json_response(
+            {
+                "id": f"cmpl-{uuid.uuid4().hex}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": str(body.get("model") or "fake"),
+                "choices": [choice],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+            }
+        )
+
+    async def embeddings(request: web.Request) -> web.Response:
+        body = await _received(request, settings)
+        inputs = body.get("input")
+        count = len(inputs) if isinstance(inputs, list) else 1
+        data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(count)]
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": str(body.get("model") or "fake"),
+                "usage": {"prompt_tokens": 10, "total_tokens": 10},
+            }
+        )
+
+    async def images(request: web.Request) -> web.Response:
+        await _received(request, settings)
+        return web.json_response({"created": int(time.time()), "data": [{"url": "http://127.0.0.1/image.png"}]})
+
+    async def transcription(request: web.Request) -> web.Response:
+        await form(request)
+        return web.json_response({"text": settings.reply})
+
+    async def rerank(request: web.Request) -> web.Response:
+        body = await _received(request, settings)
+        documents = body.get("documents") or []
+        results = [{"index": i, "relevance_score": 1.0 / (i + 1)} for i in range(len(documents))]
+        return web.json_response(
+            {"id": uuid.uuid4().hex, "results": results, "meta": {"billed_units": {"search_units": 1}}}
+        )
+
+    for prefix in ("/v1", ""):
+        application.router.add_post(f"{prefix}/completions", text_completion)
+        application.router.add_post(f"{prefix}/embeddings", embeddings)
+        application.router.add_post(f"{prefix}/images/generations", images)
+        application.router.add_post(f"{prefix}/audio/transcriptions", transcription)
+    for path in ("/v1/rerank", "/v2/rerank", "/rerank"):
+        application.router.add_post(path, rerank)
 
 
 def main(argv: list[str] | None = None) -> int:
