@@ -223,7 +223,10 @@ def add_other_routes(application: web.Application, settings: Settings) -> None:
     async def form(request: web.Request) -> dict[str, Any]:
         fields: dict[str, Any] = {}
         for name, value in (await request.post()).items():
-            fields[name] = value if isinstance(value, str) else {"file_size": len(value.file.read())}
+            if isinstance(value, web.FileField):
+                fields[name] = {"file_size": len(value.file.read())}
+            else:
+                fields[name] = value if isinstance(value, str) else {"size": len(value)}
         settings.requests.append(fields)
         del settings.requests[:-KEEP_REQUESTS]
         settings.served += 1

@@ -242,7 +242,7 @@ def test_benign_requests_on_every_route_pass_and_are_recorded_whole(routes: Rout
         assert response.status_code == 200, f"{route}: {response.status_code} {response.text[:500]}"
     for tag in ("chat", "completion", "embedding", "rerank", "gemini", "passthrough"):
         wait_until(
-            lambda tag=tag: any(  # type: ignore[misc]
+            lambda tag=tag: any(
                 r.get("ingested") and f"{marker}-{tag}" in r["body"]["requestPayload"] for r in routes.akto.records()
             ),
             60,
