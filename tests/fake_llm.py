@@ -216,8 +216,8 @@ def add_responses_route(application: web.Application, settings: Settings) -> Non
 
 
 def add_other_routes(application: web.Application, settings: Settings) -> None:
-    """The other model APIs LiteLLM routes (text completions, embeddings, images, audio transcription
-    and Cohere's rerank), each answered with a minimal valid body; what they received is kept beside
+    """The other model APIs LiteLLM routes (text completions, embeddings, image generation and edits,
+    audio transcription and Cohere's rerank), each answered with a minimal valid body; what they received is kept beside
     the chat requests (a transcription's form fields, with the file's size)."""
 
     async def form(request: web.Request) -> dict[str, Any]:
@@ -268,6 +268,10 @@ def add_other_routes(application: web.Application, settings: Settings) -> None:
         await form(request)
         return web.json_response({"text": settings.reply})
 
+    async def image_edit(request: web.Request) -> web.Response:
+        await form(request)
+        return web.json_response({"created": int(time.time()), "data": [{"url": "http://127.0.0.1/edited.png"}]})
+
     async def rerank(request: web.Request) -> web.Response:
         body = await _received(request, settings)
         documents = body.get("documents") or []
@@ -281,6 +285,7 @@ def add_other_routes(application: web.Application, settings: Settings) -> None:
         application.router.add_post(f"{prefix}/embeddings", embeddings)
         application.router.add_post(f"{prefix}/images/generations", images)
         application.router.add_post(f"{prefix}/audio/transcriptions", transcription)
+        application.router.add_post(f"{prefix}/images/edits", image_edit)
     for path in ("/v1/rerank", "/v2/rerank", "/rerank"):
         application.router.add_post(path, rerank)
 

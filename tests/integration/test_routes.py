@@ -250,6 +250,23 @@ def test_benign_requests_on_every_route_pass_and_are_recorded_whole(routes: Rout
         )
 
 
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+
+
+def test_an_image_edit_is_checked_with_its_prompt_and_the_image_as_a_fingerprint(routes: Routes) -> None:
+    blocked = post(
+        routes, "/v1/images/edits", files={"image": ("a.png", PNG)}, data={"model": CHAT, "prompt": INJECTION}
+    )
+    assert blocked.status_code == 400, blocked.text[:500]
+    assert REASON in blocked.text
+    assert routes.llm.requests() == []
+    marker = uuid.uuid4().hex
+    allowed = post(routes, "/v1/images/edits", files={"image": ("a.png", PNG)}, data={"model": CHAT, "prompt": marker})
+    assert allowed.status_code == 200, allowed.text[:500]
+    checks = [r for r in routes.akto.records() if marker in r["body"]["requestPayload"] and not r.get("ingested")]
+    assert checks and all("sha256" in r["body"]["requestPayload"] for r in checks)
+
+
 def test_an_audio_upload_is_checked_and_recorded_as_a_fingerprint(routes: Routes) -> None:
     audio = b"RIFF" + uuid.uuid4().bytes * 64
     response = post(routes, "/v1/audio/transcriptions", files={"file": ("a.wav", audio)}, data={"model": CHAT})

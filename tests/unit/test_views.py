@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import random
+import tempfile
 from typing import Any
 
 import orjson
@@ -191,6 +192,10 @@ def test_values_that_are_not_json_are_read_or_refused_never_skipped() -> None:
     assert body["a"] == {"text": INJECTION} and body["b"] == {"text": INJECTION}
     assert body["file"]["size"] == 12 and body["file"]["filename"] == "speech.wav" and "sha256" in body["file"]
     assert upload.tell() == 0, "reading the upload must not move it"
+    with tempfile.SpooledTemporaryFile() as spooled:
+        spooled.write(b"12345")
+        assert views.request_body({"f": spooled})["f"]["size"] == 5
+        assert spooled.tell() == 5, "reading a file must put it back where it was"
     with pytest.raises(views.Unreadable, match=r"opaque\[1\] is a object"):
         views.request_body({"opaque": [1, object()]})
     # A record is kept whatever it holds.

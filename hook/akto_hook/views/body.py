@@ -8,7 +8,7 @@ One pass (:func:`cleaned`) makes it plain JSON, as Akto and Redis take it:
 
 - credentials are redacted at any depth (``redact.py``);
 - inline attachments (images, audio, files, Gemini ``inline_data``) become a fingerprint
-  (``attachments.py``); raw bytes and in-memory files (an audio upload) too;
+  (``attachments.py``); raw bytes and uploaded files (an audio upload, an image to edit) too;
 - a pydantic model or dataclass becomes its fields.
 
 Anything else is a value this guardrail cannot read: :class:`Unreadable`, and the request gets the
@@ -92,7 +92,8 @@ def cleaned(value: Any, *, strict: bool = True) -> Any:
             continue
         raw = _bytes_of(item)
         if raw is not None:
-            target[slot] = attachments.fingerprint("file", raw, filename=getattr(item, "name", None))
+            filename = getattr(item, "filename", None) or getattr(item, "name", None)
+            target[slot] = attachments.fingerprint("file", raw, filename=filename)
         elif isinstance(item, BaseModel):
             stack.append((target, slot, item.model_dump(), where))
         elif dataclasses.is_dataclass(item) and not isinstance(item, type):
@@ -106,9 +107,20 @@ def cleaned(value: Any, *, strict: bool = True) -> Any:
 
 
 def _bytes_of(item: Any) -> bytes | None:
-    """The bytes of raw bytes or an in-memory file (read without moving its position), else None."""
+    """The bytes of raw bytes or of a file (a seekable file object, or an upload that wraps one, such
+    as FastAPI's ``UploadFile``), read and put back where it was; None for anything else."""
     if isinstance(item, bytes | bytearray | memoryview):
         return bytes(item)
     if isinstance(item, io.BytesIO):
         return item.getvalue()
-    return None
+    wrapped = getattr(item, "file", None)
+    file = item if isinstance(item, io.IOBase) else wrapped if isinstance(wrapped, io.IOBase) else None
+    if file is None or not file.seekable():
+        return None
+    position = file.tell()
+    try:
+        file.seek(0)
+        raw = file.read()
+    finally:
+        file.seek(position)
+    return raw if isinstance(raw, bytes) else str(raw).encode(errors="surrogatepass")
