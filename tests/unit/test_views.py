@@ -4,6 +4,7 @@ field checked (split or not), credentials redacted at any depth, and nothing it 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import io
 import json
 import random
@@ -186,6 +187,13 @@ def test_values_that_are_not_json_are_read_or_refused_never_skipped() -> None:
     class Model(BaseModel):
         text: str
 
+    class Kind(enum.StrEnum):
+        USER = "user"
+
+    class Count(enum.IntEnum):
+        ONE = 1
+
+    assert views.request_body({"role": Kind.USER, "n": Count.ONE}) == {"role": "user", "n": 1}
     upload = io.BytesIO(b"RIFF....WAVE")
     upload.name = "speech.wav"
     body = views.request_body({"a": Part(INJECTION), "b": Model(text=INJECTION), "file": upload, "raw": b"\x00\x01"})

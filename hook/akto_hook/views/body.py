@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .. import attachments
-from .redact import REDACTED, is_credential_key, is_credential_param
+from .redact import REDACTED, credential
 
 # LiteLLM's own additions to a request (none of them goes to the LLM as the client's content):
 # its metadata (with copies of the headers), the client's raw request, the request's secrets, its
@@ -36,7 +36,7 @@ BOOKKEEPING = frozenset(
 )
 BOOKKEEPING_PREFIXES = ("litellm_", "_litellm_")
 
-_SCALARS = (str, int, float, bool, type(None))
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 class Unreadable(Exception):
@@ -65,45 +65,70 @@ def cleaned(value: Any, *, strict: bool = True) -> Any:
     stack: list[tuple[Any, Any, Any, str]] = [(root, 0, value, "")]
     while stack:
         target, slot, item, where = stack.pop()
-        if isinstance(item, _SCALARS):
+        kind = type(item)
+        if kind in _SCALARS:
             target[slot] = item
-            continue
-        if isinstance(item, Mapping):
-            summary = attachments.summary_of(item)
+        elif kind is dict or isinstance(item, Mapping):
+            summary = attachments.summary_of(item) if "type" in item or "data" in item else None
             if summary is not None:
                 target[slot] = summary
                 continue
             out: dict[str, Any] = {}
             target[slot] = out
             for key, child in item.items():
-                name = str(key)
-                if child is not None and (
-                    is_credential_param(name) or (is_credential_key(name) and isinstance(child, _SCALARS))
-                ):
+                name = key if type(key) is str else str(key)
+                scalar = type(child) in _SCALARS
+                secret = credential(name)
+                if child is not None and (secret == "any" or (secret == "text" and scalar)):
                     out[name] = REDACTED
+                elif scalar:
+                    out[name] = child
                 else:
                     out[name] = None
                     stack.append((out, name, child, f"{where}.{name}" if where else name))
-            continue
-        if isinstance(item, list | tuple):
+        elif kind is list or isinstance(item, list | tuple):
             items: list[Any] = [None] * len(item)
             target[slot] = items
-            stack.extend((items, index, child, f"{where}[{index}]") for index, child in enumerate(item))
-            continue
-        raw = _bytes_of(item)
-        if raw is not None:
-            filename = getattr(item, "filename", None) or getattr(item, "name", None)
-            target[slot] = attachments.fingerprint("file", raw, filename=filename)
-        elif isinstance(item, BaseModel):
-            stack.append((target, slot, item.model_dump(), where))
-        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            fields = {field.name: getattr(item, field.name) for field in dataclasses.fields(item)}
-            stack.append((target, slot, fields, where))
-        elif strict:
-            raise Unreadable(f"the request's {where or 'body'} is a {type(item).__qualname__}, which cannot be read")
+            for index, child in enumerate(item):
+                if type(child) in _SCALARS:
+                    items[index] = child
+                else:
+                    stack.append((items, index, child, f"{where}[{index}]"))
         else:
-            target[slot] = {"unreadable": type(item).__qualname__}
+            fields = _fields(item)
+            if fields is not None:
+                stack.append((target, slot, fields, where))
+            else:
+                target[slot] = _leaf(item, where, strict)
     return root[0]
+
+
+def _fields(item: Any) -> dict[str, Any] | None:
+    """The fields of a pydantic model or a dataclass instance, to be read like a dict; else None."""
+    if isinstance(item, BaseModel):
+        return item.model_dump()
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return {field.name: getattr(item, field.name) for field in dataclasses.fields(item)}
+    return None
+
+
+def _leaf(item: Any, where: str, strict: bool) -> Any:
+    """A value that is neither JSON, a container nor a record of fields: a file's fingerprint, a JSON
+    type's subclass (an enum member) as its plain value, else :class:`Unreadable` (or, not
+    ``strict``, its type's name)."""
+    raw = _bytes_of(item)
+    if raw is not None:
+        filename = getattr(item, "filename", None) or getattr(item, "name", None)
+        return attachments.fingerprint("file", raw, filename=filename)
+    if isinstance(item, str):
+        return str.__str__(item)
+    if isinstance(item, int):
+        return int(item)
+    if isinstance(item, float):
+        return float(item)
+    if strict:
+        raise Unreadable(f"the request's {where or 'body'} is a {type(item).__qualname__}, which cannot be read")
+    return {"unreadable": type(item).__qualname__}
 
 
 def _bytes_of(item: Any) -> bytes | None:

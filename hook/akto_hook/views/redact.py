@@ -14,6 +14,9 @@ text is checked. LiteLLM's credential params are the exception: they are secrets
 
 from __future__ import annotations
 
+import functools
+from typing import Literal
+
 REDACTED = "[redacted]"
 
 # Keys whose value, whatever its form, is a credential: LiteLLM's client-side credential params.
@@ -61,16 +64,16 @@ CREDENTIAL_KEYS = CREDENTIAL_PARAMS | frozenset(
 CREDENTIAL_SUFFIXES = ("_api_key", "_apikey", "_secret", "_token", "_password", "_credentials", "_private_key")
 
 
-def normal(key: str) -> str:
-    return key.lower().replace("-", "_")
+Credential = Literal["any", "text", "none"]
 
 
-def is_credential_param(key: str) -> bool:
-    """True for a key whose value is a secret whatever its form."""
-    return normal(key) in CREDENTIAL_PARAMS
-
-
-def is_credential_key(key: str) -> bool:
-    """True for a key whose text value is a secret."""
-    name = normal(key)
-    return name in CREDENTIAL_KEYS or name.endswith(CREDENTIAL_SUFFIXES)
+@functools.lru_cache(maxsize=4096)
+def credential(key: str) -> Credential:
+    """Whether ``key`` holds a credential: ``any`` value (LiteLLM's credential params), a ``text``
+    value only, or ``none``. Cached: a body's keys are mostly the same few names."""
+    name = key.lower().replace("-", "_")
+    if name in CREDENTIAL_PARAMS:
+        return "any"
+    if name in CREDENTIAL_KEYS or name.endswith(CREDENTIAL_SUFFIXES):
+        return "text"
+    return "none"
