@@ -23,9 +23,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlparse
 
-# The request fields that hold conversation content (tool definitions and the like are left alone).
-CONTENT_FIELDS = ("messages", "input", "system", "instructions", "prompt")
-
 ATTACHMENT_TYPES = frozenset({"image_url", "input_audio", "file", "image", "document", "input_image", "input_file"})
 
 _URL_SAFE = str.maketrans("-_", "+/")
@@ -36,10 +33,9 @@ def summary_of(value: Mapping[str, Any]) -> dict[str, Any] | None:
     of :data:`ATTACHMENT_TYPES`, or Gemini's ``inline_data`` blob), else None."""
     if value.get("type") in ATTACHMENT_TYPES:
         return _summary(value)
-    data = value.get("data")
-    media_type = value.get("mime_type", value.get("mimeType"))
-    if isinstance(data, str) and isinstance(media_type, str) and value.keys() <= INLINE_DATA_KEYS:
-        return fingerprint("inline_data", _b64_bytes(data), media_type, value.get("display_name"))
+    if _is_blob(value):
+        media_type = value.get("mime_type", value.get("mimeType"))
+        return fingerprint("inline_data", _b64_bytes(value["data"]), media_type, value.get("display_name"))
     return None
 
 
@@ -188,31 +184,39 @@ FILE_KINDS = {
 
 
 def for_file_check(body: Mapping[str, Any]) -> list[dict[str, str]]:
-    """The attachments in ``body``'s content fields as Akto's file guardrail takes them:
+    """The attachments anywhere in ``body`` as Akto's file guardrail takes them:
     ``{"filename", "type", "content"}`` (standard base64) or ``{"filename", "type", "url"}``. A part
     that has neither bytes nor a URL (an uploaded ``file_id``) cannot be sent and is left out."""
     files: list[dict[str, str]] = []
-    for field in CONTENT_FIELDS:
-        for part in _parts(body.get(field)):
-            found = _file(part, len(files))
-            if found is not None:
-                files.append(found)
+    for part in _parts(body):
+        found = _file(part, len(files))
+        if found is not None:
+            files.append(found)
     return files
 
 
 def _parts(value: Any) -> Iterator[Mapping[str, Any]]:
-    if isinstance(value, list):
-        for item in value:
-            yield from _parts(item)
-    elif isinstance(value, Mapping):
-        if value.get("type") in ATTACHMENT_TYPES:
-            yield value
-        else:
-            for item in value.values():
-                yield from _parts(item)
+    """The attachment parts and Gemini blobs in ``value``, in order, at any depth (iteratively)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, Mapping):
+            if item.get("type") in ATTACHMENT_TYPES or _is_blob(item):
+                yield item
+            else:
+                stack.extend(reversed(list(item.values())))
+
+
+def _is_blob(value: Mapping[str, Any]) -> bool:
+    media_type = value.get("mime_type", value.get("mimeType"))
+    return isinstance(value.get("data"), str) and isinstance(media_type, str) and value.keys() <= INLINE_DATA_KEYS
 
 
 def _file(part: Mapping[str, Any], index: int) -> dict[str, str] | None:
+    if _is_blob(part):
+        return _blob_file(part, index)
     kind = str(part["type"])
     name: Any = None
     media_type: Any = None
@@ -257,6 +261,15 @@ def _file(part: Mapping[str, Any], index: int) -> dict[str, str] | None:
     else:
         return None
     return out
+
+
+def _blob_file(blob: Mapping[str, Any], index: int) -> dict[str, str]:
+    """A Gemini ``inline_data`` blob as a file for Akto's file guardrail: its kind from the media type."""
+    media_type = str(blob.get("mime_type", blob.get("mimeType")))
+    major = media_type.split("/")[0]
+    filename = _filename(blob.get("display_name") or blob.get("displayName"), index, media_type, None)
+    content = base64.b64encode(_b64_bytes(str(blob["data"]))).decode()
+    return {"filename": filename, "type": major if major in ("image", "audio") else "file", "content": content}
 
 
 def _filename(name: Any, index: int, media_type: Any, url: Any) -> str:

@@ -22,7 +22,7 @@ from akto_ingest.errors import RecordTooLarge
 from akto_ingest.record import Record
 from akto_ingest.wire import ALLOW, Verdict, files_body
 
-from . import attachments
+from . import attachments, views
 from .check import Decision, Failure, ask
 
 log = logging.getLogger("akto_hook")
@@ -42,7 +42,7 @@ class FileCheck:
         """The verdict on the attachments in ``request`` (LiteLLM's request data, which still has their
         bytes); None when there are none. Never raises (but for cancellation)."""
         try:
-            files = attachments.for_file_check(request)
+            files = attachments.for_file_check({k: v for k, v in request.items() if not views.is_bookkeeping(str(k))})
             if not files:
                 return None
             body = files_body(record, self._akto, files)

@@ -228,3 +228,17 @@ async def test_a_text_mask_is_applied_when_attachments_are_checked_too(fake_akto
     assert decision.masked and not decision.blocks
     out, _ = masking.masked_call(body, record, decision, during_call=False)
     assert out["messages"][0]["content"][0]["text"] == "my card [CARD]"
+
+
+def test_attachments_in_any_field_and_gemini_blobs_go_to_the_file_check() -> None:
+    png = base64.b64encode(b"\x89PNG" + bytes(64)).decode()
+    body = {
+        "contents": [
+            {"role": "user", "parts": [{"text": "look"}, {"inline_data": {"mime_type": "image/png", "data": png}}]}
+        ],
+        "a_new_field": [{"type": "input_file", "file_data": png, "filename": "x.pdf"}],
+        "metadata": {"ignored": {"type": "input_file", "file_data": png}},
+    }
+    files = attachments.for_file_check({k: v for k, v in body.items() if not views.is_bookkeeping(k)})
+    assert [(f["type"], f["filename"]) for f in files] == [("image", "attachment-0.png"), ("file", "x.pdf")]
+    assert all(base64.b64decode(f["content"]) == base64.b64decode(png) for f in files)
