@@ -24,7 +24,7 @@ from typing import Any
 from akto_ingest.config import OnFlagged
 from akto_ingest.record import Record
 
-from . import attachments, capture
+from . import attachments, capture, views
 from .capture import as_dict
 
 MCP_PATH = "/mcp"
@@ -89,7 +89,8 @@ def _tags(server: Any, tool: Any, call_type: str) -> dict[str, str]:
 
 def _with(record: Record, request_body: dict[str, Any], tags: Mapping[str, str], **update: Any) -> Record:
     fields = record.model_dump()
-    fields.update(path=MCP_PATH, method="POST", request_body=request_body, **update)
+    # A tool's arguments can carry credentials (a token for the tool's own API): redacted as in any body.
+    fields.update(path=MCP_PATH, method="POST", request_body=views.cleaned(request_body, strict=False), **update)
     fields["metadata"] = {**record.metadata, **tags}
     return Record.model_validate(fields)
 

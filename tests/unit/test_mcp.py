@@ -336,3 +336,18 @@ def test_an_image_in_a_tool_result_is_never_recorded() -> None:
             "media_type": "image/png",
         }
     ]
+
+
+def test_credentials_in_a_tool_calls_arguments_are_redacted_in_the_check_and_the_record() -> None:
+    data = pre_call_data()
+    data["mcp_arguments"] = {"text": "hi", "api_token": "tok-secret-1", "auth": {"password": "pw-secret-2"}}
+    checked = mcp.from_pre_call(data, "call_mcp_tool")
+    kwargs = log_kwargs()
+    kwargs["mcp_tool_call_metadata"]["arguments"] = data["mcp_arguments"]
+    recorded = mcp.from_success(kwargs, result(), "block")
+    for record in (checked, recorded):
+        assert record.request_body["params"]["arguments"] == {
+            "text": "hi",
+            "api_token": "[redacted]",
+            "auth": {"password": "[redacted]"},
+        }
