@@ -38,3 +38,9 @@ def test_wheel_from_the_checkout_installs_and_imports(tmp_path: Path) -> None:
     assert Path(where).is_relative_to(site), "imported from the installed wheel, not the checkout"
     assert names == "AktoLogger AktoGuardrail"
     assert (site / "bin" / "akto-ingest").exists()
+    # Every module of the checkout is in the wheel: a subpackage missing from pyproject.toml's list
+    # would import here from no file at all only when a request reaches it.
+    for folder in ("common", "hook", "worker"):
+        for module in (ROOT / folder).rglob("*.py"):
+            installed = site / module.relative_to(ROOT / folder)
+            assert installed.exists(), f"{module.relative_to(ROOT)} is not in the wheel"
