@@ -39,6 +39,9 @@ from .load import drive
 from .report import Row, Section, Target, margin
 
 PRE_CALL_SLACK_MS = 2.0
+# Issue 17 §8: reading the whole body must not raise block mode's own cost.
+OUR_SHARE_MS = 3.5
+DURING_ADDED_MS = 2.0
 DURING_TOLERANCE = 0.05
 MONITOR_ADDED_MS = 0.7
 MONITOR_CPU_MS = 0.2
@@ -236,6 +239,18 @@ def _judge(
                 "guardrail and of waiting on two tasks",
             )
         )
+        added = during.p(50) - base.p(50)
+        section.targets.append(
+            Target(
+                goal=f"block, during_call: adds ≤ {DURING_ADDED_MS:g} ms, LLM {SLOW_LLM_MS} ms / Akto "
+                f"{AKTO_DELAY_MS} ms, {kind}",
+                measured=f"{added:+.2f} ms (p50 {during.p(50):.1f} vs {base.p(50):.1f} ms)",
+                passed=added <= DURING_ADDED_MS,
+                margin=margin(added, DURING_ADDED_MS, "ms", lower_is_better=True),
+                bound="LiteLLM runs the check as a task beside the LLM call and awaits both; the record is "
+                "written after the response",
+            )
+        )
     for cases, llm in ((mock, MOCK_MODEL), (slow, SLOW_MODEL)):
         none_p50 = cases[Case(NONE, llm)].p(50)
         blk, wait, ask = (cases[Case(kind, llm)] for kind in (OURS_BLOCK, WAIT, ASK))
@@ -257,6 +272,19 @@ def _judge(
                 "wait); "
                 f"ours adds {blk.p(50) - ask.p(50):+.2f} ms over that control (building the check from the "
                 "request, reading the verdict, the record written after the response)",
+            )
+        )
+        share_ms = blk.p(50) - wait.p(50)
+        section.targets.append(
+            Target(
+                goal=f"block, pre_call: our share over a guardrail that only waits {AKTO_DELAY_MS} ms is ≤ "
+                f"{OUR_SHARE_MS:g} ms, one client, {name}",
+                measured=f"{share_ms:+.2f} ms (ours p50 {blk.p(50):.1f} vs wait control {wait.p(50):.1f} ms); "
+                f"CPU {blk.cpu_ms - wait.cpu_ms:+.2f} ms/req over the control",
+                passed=share_ms <= OUR_SHARE_MS,
+                margin=margin(share_ms, OUR_SHARE_MS, "ms", lower_is_better=True),
+                bound=f"of it, the bare POST to Akto (ask control over wait control) {ask.p(50) - wait.p(50):+.2f} "
+                f"ms; the rest is building the check, reading the verdict and the record after the response",
             )
         )
     mon, noop = mock[Case(OURS_MONITOR, MOCK_MODEL)], mock[Case(NOOP, MOCK_MODEL)]
