@@ -22,6 +22,7 @@ The call keeps one record: a blocked response's record is written here (status 4
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -84,6 +85,9 @@ class ResponseCheck:
         self._settings = settings
         self._blocked = blocked
         self._masks = masks
+        # End-of-stream checks in progress, by call id: LiteLLM may log such a call's success before
+        # the check is done (on /v1/completions it does not wait for the guardrails).
+        self._checking: dict[str, asyncio.Future[None]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -145,17 +149,35 @@ class ResponseCheck:
         for held in terminal:
             yield held
 
+    async def settled(self, call_id: Any) -> None:
+        """Return once the end-of-stream check of ``call_id`` (if one runs) is done, so a success record
+        LiteLLM logs before it knows of a refusal can be dropped. Shielded: a cancelled caller stops
+        waiting alone."""
+        pending = self._checking.get(call_id)
+        if pending is not None:
+            await asyncio.shield(pending)
+
     async def _check_stream(self, data: dict[str, Any], said: _Assembled) -> None:
-        body = said.body(data.get("model"))
+        # Registered before the first await: LiteLLM's success logging of the stream is a task that
+        # starts once the stream has ended, so it finds the check in progress.
+        call_id = str(data.get("litellm_call_id"))
+        settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._checking[call_id] = settled
         try:
-            masked = bool(await self._verdict(data, body))
-        except Refused as exc:
-            raise StreamRefused(exc.message, exc.status) from None
-        except masking.Unmappable:
-            masked = True
-        if masked:
-            await self._refuse(data, body, STREAM_MASK_REASON)
-            raise StreamRefused(STREAM_MASK_REASON, 400)
+            body = said.body(data.get("model"))
+            try:
+                masked = bool(await self._verdict(data, body))
+            except Refused as exc:
+                raise StreamRefused(exc.message, exc.status) from None
+            except masking.Unmappable:
+                masked = True
+            if masked:
+                await self._refuse(data, body, STREAM_MASK_REASON)
+                raise StreamRefused(STREAM_MASK_REASON, 400)
+        finally:
+            if self._checking.get(call_id) is settled:
+                del self._checking[call_id]
+            settled.set_result(None)
 
     async def _verdict(self, data: dict[str, Any], body: dict[str, Any]) -> list[masking.Change]:
         """Ask Akto about ``body``; the changes its mask makes (none when it allows), or

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -501,3 +502,22 @@ async def test_an_sse_stream_no_reader_knows_is_checked_as_its_raw_events(
     assert seen[: len(events)] == events and seen[-1].startswith(b"event: error\n")
     assert "my ssn is 1" in json.dumps(checked_body(fake_akto)["unread_chunks"])
     assert blocked[0].blocked_reason == "PII detected"
+
+
+async def test_a_success_logged_while_a_stream_is_checked_waits_for_the_check(fake_akto: FakeAkto) -> None:
+    # On /v1/completions LiteLLM logs a stream's success as soon as it ends, before the check is done.
+    fake_akto.configure(delay_ms=300)
+    blocked: list[Record] = []
+    check = checker(fake_akto, blocked)
+
+    async def consume() -> None:
+        with pytest.raises(StreamRefused):
+            await drain(check.stream(stream_of("my ssn", " is 1"), dict(DATA)))
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.1)
+    assert not task.done() and blocked == [], "the check is in flight"
+    await asyncio.wait_for(check.settled(DATA["litellm_call_id"]), 2)
+    assert [r.blocked_reason for r in blocked] == ["PII detected"], "the refusal is known once settled returns"
+    await task
+    await check.settled(DATA["litellm_call_id"])  # nothing in flight: returns at once
