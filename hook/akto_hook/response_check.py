@@ -10,11 +10,12 @@ once, at its end, shaped as the same response unstreamed: a chat completion (too
 ``tool_calls``, a legacy ``function_call`` as such, other delta fields such as reasoning by their
 names) or a text completion (``choices[].text``). Anthropic's, Gemini's and the Responses API's
 events are read the same way. A chunk of a shape no reader knows is checked as it came, whole (as
-``unread_chunks``): nothing a stream says passes unchecked. A block, a mask (a text already sent cannot be masked) or a
-fail-closed fallback then ends the stream with an error event: on chat completions
-``data: {"error": ...}`` instead of ``[DONE]``; on the Responses API ``response.failed`` instead of
-``response.completed`` (which is held back until the check is done); on Anthropic's
-``/v1/messages`` ``event: error`` instead of ``message_stop`` (held back the same way).
+``unread_chunks``): nothing a stream says passes unchecked. A block, a mask (a text already sent
+cannot be masked) or a fail-closed fallback then ends the stream with an error event: on chat and
+text completions ``data: {"error": ...}`` instead of ``[DONE]``; on the Responses API
+``response.failed`` instead of ``response.completed`` (which is held back until the check is done);
+on Anthropic's ``/v1/messages`` ``event: error`` instead of ``message_stop`` (held back the same
+way), and as the last event of any other SSE stream (Gemini's, pass-through routes).
 
 The call keeps one record: a blocked response's record is written here (status 400, Akto's reason,
 ``blocked_on: response``), and the guardrail drops LiteLLM's own success or failure record of it.
