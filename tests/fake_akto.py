@@ -98,6 +98,9 @@ class Settings:
     # phrase -> replacement: an unflagged payload containing a phrase (case-insensitive) is answered
     # Allowed with ``Modified: true`` and the payload rewritten, as Akto's masking policies do.
     masks: dict[str, str] = field(default_factory=dict)
+    # A guardrailsResult sent as it is to every guardrail check, whatever it says: the answers real
+    # Akto should never give (a null Allowed, a behaviour with spaces), to see what a client makes of them.
+    verdict: dict[str, object] | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -112,6 +115,7 @@ class Settings:
             "key_case": self.key_case,
             "metadata": dict(self.metadata),
             "masks": dict(self.masks),
+            "verdict": None if self.verdict is None else dict(self.verdict),
         }
 
 
@@ -150,6 +154,10 @@ def _validated(updates: Mapping[str, object]) -> dict[str, object]:
             ):
                 raise ValueError(f"{name} must map non-empty strings to strings")
             out[name] = {str(k): str(v) for k, v in value.items()}
+        elif name == "verdict":
+            if value is not None and not isinstance(value, Mapping):
+                raise ValueError("verdict must be null or a JSON object")
+            out[name] = None if value is None else dict(value)
         elif name == "key_case":
             if value not in ("upper", "lower"):
                 raise ValueError('key_case must be "upper" or "lower"')
@@ -308,6 +316,8 @@ class FakeAkto:
       ``severity``); empty sends none.
     - ``masks``: phrase -> replacement; an unflagged checked payload containing a phrase is answered
       allowed with ``Modified: true`` and ``ModifiedPayload`` the payload string rewritten.
+    - ``verdict``: a JSON object answered as the ``guardrailsResult`` of every guardrail check, as it
+      is (over ``fail_open``, triggers and masks); ``None`` clears it.
 
     A file guardrail check (``/api/http-proxy?file_guardrails=true`` with a ``files`` list) is judged
     on its files' decoded bytes by the same triggers and masks, and stored as not ingested.
@@ -610,7 +620,10 @@ class FakeAkto:
             checks.append("requestPayload")
         if query.get("response_guardrails") == "true":
             checks.append("responsePayload")
-        if checks and self.behaviour.fail_open:
+        if checks and self.behaviour.verdict is not None:
+            data["guardrailsResult"] = dict(self.behaviour.verdict)
+            note += ", verdict as configured"
+        elif checks and self.behaviour.fail_open:
             data["guardrailsResult"] = _fail_open_verdict()
             note += ", failOpen"
         elif checks:

@@ -2,14 +2,16 @@
 
 LiteLLM's ``mock_response`` answers inside the proxy at once, which hides everything that runs
 concurrently with a real LLM call (``mode: during_call``). This server answers
-``POST /v1/chat/completions`` (and ``POST /v1/responses``, OpenAI's Responses API, which LiteLLM
-calls natively for an ``openai/`` model) after ``delay_ms``, streamed (server-sent events) or not,
-and keeps what it received so a test can see what reached the "provider". Point a LiteLLM model at it::
+``POST /v1/chat/completions`` (and ``POST /v1/completions``, text completions, and
+``POST /v1/responses``, OpenAI's Responses API, which LiteLLM calls natively for an ``openai/``
+model) after ``delay_ms``, streamed (server-sent events) or not, and keeps what it received so a
+test can see what reached the "provider". Point a LiteLLM model at it::
 
     {"model": "openai/fake", "api_base": "http://127.0.0.1:PORT/v1", "api_key": "unused"}
 
 Run it as a process (``python tests/fake_llm.py --port 8788 --delay-ms 300``) and drive it over
-``/_admin/config`` (``delay_ms``, ``reply``, ``echo``), ``/_admin/requests`` and ``/_admin/reset``.
+``/_admin/config`` (``delay_ms``, ``reply``, ``echo``, ``chunks``, ``function_call``),
+``/_admin/requests`` and ``/_admin/reset``.
 With ``echo`` on, the reply is the last user message, so a test can trace text through the proxy.
 """
 
@@ -37,6 +39,9 @@ class Settings:
     reply: str = DEFAULT_REPLY
     echo: bool = False
     chunks: int = 4  # content pieces in a streamed answer, after the role chunk
+    # Answer with a legacy ``function_call`` (the ``functions`` parameter) whose arguments are the
+    # reply, instead of text.
+    function_call: bool = False
     requests: list[dict[str, Any]] = field(default_factory=list)
     served: int = 0
 
@@ -47,8 +52,8 @@ def _configure(settings: Settings, updates: dict[str, Any]) -> None:
             setattr(settings, name, value)
         elif name == "reply" and isinstance(value, str):
             settings.reply = value
-        elif name == "echo" and isinstance(value, bool):
-            settings.echo = value
+        elif name in ("echo", "function_call") and isinstance(value, bool):
+            setattr(settings, name, value)
         else:
             raise ValueError(f"bad setting {name}={value!r}")
 
@@ -61,13 +66,19 @@ def _reply_text(settings: Settings, body: dict[str, Any]) -> str:
     return content if isinstance(content, str) else json.dumps(content)
 
 
-def _completion(model: str, text: str) -> dict[str, Any]:
+FUNCTION_NAME = "lookup"
+
+
+def _completion(model: str, text: str, function_call: bool = False) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if function_call:
+        message = {"role": "assistant", "content": None, "function_call": {"name": FUNCTION_NAME, "arguments": text}}
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message, "finish_reason": "function_call" if function_call else "stop"}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
     }
 
@@ -81,6 +92,17 @@ def _chunk(cid: str, model: str, delta: dict[str, Any], finish: str | None = Non
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
     return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def _text_completion(cid: str, model: str, text: str, finish: str | None) -> dict[str, Any]:
+    """A text completion (``/v1/completions``), or one chunk of its stream."""
+    return {
+        "id": cid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+    }
 
 
 def _pieces(text: str, n: int) -> list[str]:
@@ -107,14 +129,21 @@ def app(settings: Settings) -> web.Application:
         model = str(body.get("model") or "fake")
         text = _reply_text(settings, body)
         if not body.get("stream"):
-            return web.json_response(_completion(model, text))
+            return web.json_response(_completion(model, text, settings.function_call))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         cid = f"chatcmpl-{uuid.uuid4().hex}"
-        await resp.write(_chunk(cid, model, {"role": "assistant", "content": ""}))
-        for piece in _pieces(text, settings.chunks):
-            await resp.write(_chunk(cid, model, {"content": piece}))
-        await resp.write(_chunk(cid, model, {}, "stop"))
+        if settings.function_call:
+            first = {"role": "assistant", "content": None, "function_call": {"name": FUNCTION_NAME, "arguments": ""}}
+            await resp.write(_chunk(cid, model, first))
+            for piece in _pieces(text, settings.chunks):
+                await resp.write(_chunk(cid, model, {"function_call": {"arguments": piece}}))
+            await resp.write(_chunk(cid, model, {}, "function_call"))
+        else:
+            await resp.write(_chunk(cid, model, {"role": "assistant", "content": ""}))
+            for piece in _pieces(text, settings.chunks):
+                await resp.write(_chunk(cid, model, {"content": piece}))
+            await resp.write(_chunk(cid, model, {}, "stop"))
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -134,9 +163,28 @@ def app(settings: Settings) -> web.Application:
         settings.served = 0
         return web.json_response({"ok": True})
 
+    async def text_completions(request: web.Request) -> web.StreamResponse:
+        body = await _received(request, settings)
+        model = str(body.get("model") or "fake")
+        prompt = body.get("prompt")
+        text = (prompt if isinstance(prompt, str) else json.dumps(prompt)) if settings.echo else settings.reply
+        cid = f"cmpl-{uuid.uuid4().hex}"
+        if not body.get("stream"):
+            return web.json_response(_text_completion(cid, model, text, "stop"))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for piece in _pieces(text, settings.chunks):
+            await resp.write(b"data: " + json.dumps(_text_completion(cid, model, piece, None)).encode() + b"\n\n")
+        await resp.write(b"data: " + json.dumps(_text_completion(cid, model, "", "stop")).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
     application = web.Application()
     for path in ("/v1/chat/completions", "/chat/completions"):
         application.router.add_post(path, completions)
+    for path in ("/v1/completions", "/completions"):
+        application.router.add_post(path, text_completions)
     add_responses_route(application, settings)
     add_other_routes(application, settings)
     application.router.add_post("/_admin/config", admin_config)
@@ -216,7 +264,7 @@ def add_responses_route(application: web.Application, settings: Settings) -> Non
 
 
 def add_other_routes(application: web.Application, settings: Settings) -> None:
-    """The other model APIs LiteLLM routes (text completions, embeddings, image generation and edits,
+    """The other model APIs LiteLLM routes (embeddings, image generation and edits,
     audio transcription and Cohere's rerank), each answered with a minimal valid body; what they received is kept beside
     the chat requests (a transcription's form fields, with the file's size)."""
 
@@ -231,20 +279,6 @@ def add_other_routes(application: web.Application, settings: Settings) -> None:
         del settings.requests[:-KEEP_REQUESTS]
         settings.served += 1
         return fields
-
-    async def text_completion(request: web.Request) -> web.Response:
-        body = await _received(request, settings)
-        choice = {"index": 0, "text": settings.reply, "finish_reason": "stop", "logprobs": None}
-        return web.json_response(
-            {
-                "id": f"cmpl-{uuid.uuid4().hex}",
-                "object": "text_completion",
-                "created": int(time.time()),
-                "model": str(body.get("model") or "fake"),
-                "choices": [choice],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
-            }
-        )
 
     async def embeddings(request: web.Request) -> web.Response:
         body = await _received(request, settings)
@@ -281,7 +315,6 @@ def add_other_routes(application: web.Application, settings: Settings) -> None:
         )
 
     for prefix in ("/v1", ""):
-        application.router.add_post(f"{prefix}/completions", text_completion)
         application.router.add_post(f"{prefix}/embeddings", embeddings)
         application.router.add_post(f"{prefix}/images/generations", images)
         application.router.add_post(f"{prefix}/audio/transcriptions", transcription)

@@ -220,23 +220,34 @@ ALLOW = Verdict(allowed=True, reason="", behaviour="")
 
 
 def _pick(result: dict[str, Any], *names: str) -> Any:
+    """The first of ``names`` that ``result`` holds a value for: a null stands for a field not sent."""
     for name in names:
-        if name in result:
+        if result.get(name) is not None:
             return result[name]
     return None
 
 
 def _boolean(result: dict[str, Any], *names: str) -> bool | None:
-    """A flag of Akto's verdict, or None when absent. Read as truthy, a text such as "false" would
-    turn a refusal into an allow, so anything but a JSON boolean is an unreadable answer."""
-    value = _pick(result, *names)
-    if value is not None and not isinstance(value, bool):
-        raise AktoBadResponse(f"guardrailsResult {names[0]} is {type(value).__name__}, not a boolean")
-    return value
+    """A flag of Akto's verdict, or None when absent or null. Read as truthy, a text such as "false"
+    would turn a refusal into an allow, so anything but a JSON boolean is an unreadable answer; so are
+    two casings of one flag that disagree (Akto's fail-open verdict sends both), since either could
+    be the one meant."""
+    values = [result[name] for name in names if result.get(name) is not None]
+    for value in values:
+        if not isinstance(value, bool):
+            raise AktoBadResponse(f"guardrailsResult {names[0]} is {type(value).__name__}, not a boolean")
+    if len(set(values)) > 1:
+        raise AktoBadResponse(f"guardrailsResult {names[0]} is both true and false in its two casings")
+    return values[0] if values else None
 
 
 def parse_verdict(body: Any) -> Verdict:
-    """Read a verdict from an http-proxy answer; no ``guardrailsResult`` means allow."""
+    """Read a verdict from an http-proxy answer; no ``guardrailsResult`` means allow (no check ran).
+
+    A ``guardrailsResult`` is a verdict only with a boolean ``Allowed``: Akto sends it in every
+    verdict, its fail-open one included, so one without it (missing or null) says nothing and is an
+    unreadable answer (:class:`AktoBadResponse`, which ``unreachable_fallback`` decides), never an
+    allow. ``behaviour`` is read without case or surrounding spaces."""
     if not isinstance(body, dict):
         raise AktoBadResponse(f"expected a JSON object, got {type(body).__name__}")
     data = body.get("data")
@@ -247,7 +258,7 @@ def parse_verdict(body: Any) -> Verdict:
         raise AktoBadResponse("guardrailsResult is not an object")
     allowed = _boolean(result, "Allowed", "allowed")
     if allowed is None:
-        return ALLOW
+        raise AktoBadResponse("guardrailsResult has no Allowed: a verdict that says nothing is not an allow")
     reason = _pick(result, "Reason", "reason") or ""
     behaviour = _pick(result, "behaviour", "Behaviour", "behavior") or ""
     fail_open = _boolean(result, "failOpen", "FailOpen", "fail_open") is True
@@ -263,7 +274,7 @@ def parse_verdict(body: Any) -> Verdict:
     return Verdict(
         allowed=allowed,
         reason=str(reason),
-        behaviour=str(behaviour).lower(),
+        behaviour=str(behaviour).strip().lower(),
         fail_open=fail_open,
         error=error,
         policy=str(meta.get("policy_name") or ""),

@@ -103,7 +103,10 @@ class Enqueuer:
             self._recovery.spool(line, record.id)
             return False
         loop = self._loop or asyncio.get_running_loop()
-        return await self._writer.add(loop, line, record.id)
+        # The group's one future is every member's answer: awaited bare, a caller LiteLLM cancels (a
+        # during_call check it drops, a client that left, shutdown) would cancel it for the whole
+        # group. Shielded, only that caller stops waiting; the writer still owns its record.
+        return await asyncio.shield(self._writer.add(loop, line, record.id))
 
     def _redis_failed(self, batch: list[tuple[str, str]], exc: BaseException) -> None:
         self._recovery.redis_failed(batch, exc)

@@ -378,6 +378,8 @@ class AktoGuardrail(CustomGuardrail):
         if pending is not None:
             # during_call: the LLM answered before Akto; the verdict decides whether this is a record.
             await asyncio.shield(pending)
+        # A stream's response check may still be running: its refusal drops this record.
+        await self._responses.settled(call_id)
         if call_id in self._discarded:
             self._discarded.pop(call_id, None)
             return

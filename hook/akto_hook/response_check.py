@@ -5,13 +5,17 @@ with Akto's reason, a mask is applied to the response in place (or, when it cann
 a check that gets no verdict goes to ``unreachable_fallback`` as the request check does (503 when it
 fails closed).
 
-A streamed response reaches the client as it comes; its text and tool calls are assembled on the
-way and checked once, at its end, as a chat completion (tool calls as ``tool_calls``, as an
-unstreamed chat completion has them). A block, a mask (a text already sent cannot be masked) or a
-fail-closed fallback then ends the stream with an error event: on chat completions
-``data: {"error": ...}`` instead of ``[DONE]``; on the Responses API ``response.failed`` instead of
-``response.completed`` (which is held back until the check is done); on Anthropic's
-``/v1/messages`` ``event: error`` instead of ``message_stop`` (held back the same way).
+A streamed response reaches the client as it comes; what it says is assembled on the way and checked
+once, at its end, shaped as the same response unstreamed: a chat completion (tool calls as
+``tool_calls``, a legacy ``function_call`` as such, other delta fields such as reasoning by their
+names) or a text completion (``choices[].text``). Anthropic's, Gemini's and the Responses API's
+events are read the same way. A chunk of a shape no reader knows is checked as it came, whole (as
+``unread_chunks``): nothing a stream says passes unchecked. A block, a mask (a text already sent
+cannot be masked) or a fail-closed fallback then ends the stream with an error event: on chat and
+text completions ``data: {"error": ...}`` instead of ``[DONE]``; on the Responses API
+``response.failed`` instead of ``response.completed`` (which is held back until the check is done);
+on Anthropic's ``/v1/messages`` ``event: error`` instead of ``message_stop`` (held back the same
+way), and as the last event of any other SSE stream (Gemini's, pass-through routes).
 
 The call keeps one record: a blocked response's record is written here (status 400, Akto's reason,
 ``blocked_on: response``), and the guardrail drops LiteLLM's own success or failure record of it.
@@ -19,9 +23,11 @@ The call keeps one record: a blocked response's record is written here (status 4
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -80,6 +86,9 @@ class ResponseCheck:
         self._settings = settings
         self._blocked = blocked
         self._masks = masks
+        # End-of-stream checks in progress, by call id: LiteLLM may log such a call's success before
+        # the check is done (on /v1/completions it does not wait for the guardrails).
+        self._checking: dict[str, asyncio.Future[None]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -126,6 +135,8 @@ class ResponseCheck:
                 yield held
             terminal.clear()
             yield chunk
+        if events.seen:
+            events.finish(said)
         if said:
             if events.seen:
                 try:
@@ -139,17 +150,35 @@ class ResponseCheck:
         for held in terminal:
             yield held
 
+    async def settled(self, call_id: Any) -> None:
+        """Return once the end-of-stream check of ``call_id`` (if one runs) is done, so a success record
+        LiteLLM logs before it knows of a refusal can be dropped. Shielded: a cancelled caller stops
+        waiting alone."""
+        pending = self._checking.get(call_id)
+        if pending is not None:
+            await asyncio.shield(pending)
+
     async def _check_stream(self, data: dict[str, Any], said: _Assembled) -> None:
-        body = {"object": "chat.completion", "model": data.get("model"), "choices": said.choices()}
+        # Registered before the first await: LiteLLM's success logging of the stream is a task that
+        # starts once the stream has ended, so it finds the check in progress.
+        call_id = str(data.get("litellm_call_id"))
+        settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._checking[call_id] = settled
         try:
-            masked = bool(await self._verdict(data, body))
-        except Refused as exc:
-            raise StreamRefused(exc.message, exc.status) from None
-        except masking.Unmappable:
-            masked = True
-        if masked:
-            await self._refuse(data, body, STREAM_MASK_REASON)
-            raise StreamRefused(STREAM_MASK_REASON, 400)
+            body = said.body(data.get("model"))
+            try:
+                masked = bool(await self._verdict(data, body))
+            except Refused as exc:
+                raise StreamRefused(exc.message, exc.status) from None
+            except masking.Unmappable:
+                masked = True
+            if masked:
+                await self._refuse(data, body, STREAM_MASK_REASON)
+                raise StreamRefused(STREAM_MASK_REASON, 400)
+        finally:
+            if self._checking.get(call_id) is settled:
+                del self._checking[call_id]
+            settled.set_result(None)
 
     async def _verdict(self, data: dict[str, Any], body: dict[str, Any]) -> list[masking.Change]:
         """Ask Akto about ``body``; the changes its mask makes (none when it allows), or
@@ -258,14 +287,20 @@ class _ToolCall:
 
 
 class _Assembled:
-    """What a stream said, by choice: its text and its tool calls (by their index in the stream)."""
+    """What a stream said, by choice: its text, its tool calls (by their index in the stream), a legacy
+    ``function_call``, any other field a delta carries (by name), and, whole, each chunk of a shape
+    none of these readers knows: the check is never shown less than the client got."""
 
     def __init__(self) -> None:
+        self.object = "chat.completion"
         self._texts: dict[int, list[str]] = {}
         self._calls: dict[int, dict[int, _ToolCall]] = {}
+        self._functions: dict[int, _ToolCall] = {}
+        self._extras: dict[int, dict[str, list[Any]]] = {}
+        self.unread: list[Any] = []
 
     def __bool__(self) -> bool:
-        return bool(self._texts or self._calls)
+        return bool(self._texts or self._calls or self._functions or self._extras or self.unread)
 
     def text(self, piece: Any, choice: int = 0) -> None:
         if isinstance(piece, str) and piece:
@@ -276,12 +311,46 @@ class _Assembled:
         key = index if isinstance(index, int) else 0
         return self._calls.setdefault(choice, {}).setdefault(key, _ToolCall())
 
+    def next_call(self, choice: int = 0) -> _ToolCall:
+        """A call that arrives whole, with no index of its own (Gemini's ``functionCall``)."""
+        calls = self._calls.setdefault(choice, {})
+        return calls.setdefault(len(calls), _ToolCall())
+
+    def function(self, choice: int = 0) -> _ToolCall:
+        """The legacy ``function_call`` of a choice (one per message, sent in pieces like a tool call)."""
+        return self._functions.setdefault(choice, _ToolCall())
+
+    def extra(self, name: str, value: Any, choice: int = 0) -> None:
+        if value is None or value == "" or value == [] or value == {}:
+            return
+        self._extras.setdefault(choice, {}).setdefault(name, []).append(
+            value if isinstance(value, str) else _plain(value)
+        )
+
+    def keep(self, chunk: Any) -> None:
+        """A chunk no reader knows: checked as it came."""
+        self.unread.append(_plain(chunk))
+
+    def body(self, model: Any) -> dict[str, Any]:
+        """The response Akto is asked about: shaped as the same response unstreamed (a chat or text
+        completion), with the chunks no reader knew as ``unread_chunks``."""
+        body: dict[str, Any] = {"object": self.object, "model": model, "choices": self.choices()}
+        if self.unread:
+            body["unread_chunks"] = self.unread
+        return body
+
     def choices(self) -> list[dict[str, Any]]:
         """The choices of a chat completion, as a response that is not streamed has them: text as
-        ``content`` (null when there is none), tool calls as ``tool_calls`` with JSON ``arguments``."""
+        ``content`` (null when there is none), tool calls as ``tool_calls`` with JSON ``arguments``;
+        or, for a text completion, its ``text``. Other delta fields keep their names: text joined,
+        anything else listed."""
         choices = []
-        for index in sorted(self._texts.keys() | self._calls.keys()):
+        for index in sorted(self._texts.keys() | self._calls.keys() | self._functions.keys() | self._extras.keys()):
             parts = self._texts.get(index)
+            extras = {name: _joined(values) for name, values in self._extras.get(index, {}).items()}
+            if self.object == "text_completion":
+                choices.append({"index": index, "text": "".join(parts) if parts else "", **extras})
+                continue
             message: dict[str, Any] = {"role": "assistant", "content": "".join(parts) if parts else None}
             calls = self._calls.get(index)
             if calls:
@@ -293,45 +362,222 @@ class _Assembled:
                     }
                     for _, call in sorted(calls.items())
                 ]
+            function = self._functions.get(index)
+            if function is not None:
+                message["function_call"] = {"name": function.name, "arguments": "".join(function.arguments)}
+            message.update(extras)
             choices.append({"index": index, "message": message})
         return choices
+
+
+def _joined(values: list[Any]) -> Any:
+    return "".join(values) if all(isinstance(v, str) for v in values) else values
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON can hold it: a model dumped, bytes decoded, anything unknown as its text."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        try:
+            value = dump()
+        except Exception:
+            return str(value)
+    try:
+        return orjson.loads(orjson.dumps(value, default=str))
+    except (TypeError, orjson.JSONEncodeError):
+        return str(value)
 
 
 def _field(value: Any, name: str) -> Any:
     return value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
 
 
+def _fields(value: Any) -> Iterable[tuple[str, Any]]:
+    """Every field of a delta or choice: a mapping's items, or a model's fields and extra fields (on
+    LiteLLM's ``Delta`` the content, tool calls and audio live among the extra ones)."""
+    if isinstance(value, Mapping):
+        return value.items()
+    extra = getattr(value, "__pydantic_extra__", None)
+    return chain(getattr(value, "__dict__", {}).items(), extra.items() if isinstance(extra, dict) else ())
+
+
+# What a stream's choice carries besides the text it says: no text of the model's own.
+CHOICE_BOOKKEEPING = frozenset({"index", "finish_reason", "logprobs", "delta", "text", "message", "enhancements"})
+# Responses API events that say nothing new: lifecycle, and the ``.done`` repeats of what deltas sent.
+RESPONSES_ANNOUNCEMENTS = (
+    ".created",
+    ".queued",
+    ".in_progress",
+    ".completed",
+    ".incomplete",
+    ".failed",
+    ".added",
+    ".done",
+    ".searching",
+    ".generating",
+    ".interpreting",
+)
+# Output items whose content the deltas stream: their ``output_item.done`` repeats it.
+STREAMED_ITEMS = frozenset({"message", "function_call", "reasoning"})
+ANTHROPIC_PLAIN_EVENTS = frozenset(
+    {"message_start", "content_block_stop", "message_delta", "message_stop", "ping", "error"}
+)
+
+
 def _collect(chunk: Any, said: _Assembled) -> None:
-    """Add a chunk's text and tool-call pieces to ``said``: chat completion deltas, or the Responses
-    API's text, function call item and function call arguments events."""
-    choices = getattr(chunk, "choices", None)
+    """Add a chunk to ``said``: what a reader knows, read; anything else, kept whole."""
+    if not _read(chunk, said):
+        said.keep(chunk)
+
+
+def _read(chunk: Any, said: _Assembled) -> bool:
+    """Read a chunk (an object, or an SSE event's JSON) into ``said``; False when no reader knows its
+    shape. Chat and text completion chunks, the Responses API's events, Anthropic's and Gemini's."""
+    choices = _field(chunk, "choices")
     if isinstance(choices, list):
         for choice in choices:
-            index = int(getattr(choice, "index", 0) or 0)
-            delta = getattr(choice, "delta", None)
-            said.text(getattr(delta, "content", None), index)
-            for piece in getattr(delta, "tool_calls", None) or []:
+            _read_choice(choice, said)
+        return True
+    kind = _field(chunk, "type")
+    if isinstance(kind, str) and kind.startswith("response."):
+        return _read_responses_event(chunk, kind, said)
+    if isinstance(kind, str):
+        return _read_anthropic_event(chunk, kind, said)
+    candidates = _field(chunk, "candidates")
+    if isinstance(candidates, list):
+        return all(_read_gemini_candidate(candidate, said) for candidate in candidates)
+    # Gemini's last events may carry only its usage or the prompt's feedback.
+    return (
+        isinstance(chunk, Mapping)
+        and bool(chunk)
+        and chunk.keys() <= {"usageMetadata", "promptFeedback", "modelVersion", "responseId"}
+    )
+
+
+def _read_choice(choice: Any, said: _Assembled) -> None:
+    index = _field(choice, "index")
+    index = index if isinstance(index, int) else 0
+    delta = _field(choice, "delta")
+    if delta is None:
+        text = _field(choice, "text")
+        if text is not None:
+            # A text completion (``/v1/completions``): each choice carries its text, not a delta.
+            said.object = "text_completion"
+            said.text(text, index)
+        for name, value in _fields(choice):
+            if name not in CHOICE_BOOKKEEPING:
+                said.extra(name, value, index)
+        return
+    for name, value in _fields(delta):
+        if value is None or name == "role":
+            continue
+        if name == "content":
+            said.text(value, index)
+        elif name == "tool_calls":
+            for piece in value or []:
                 function = _field(piece, "function")
                 call = said.call(_field(piece, "index"), index)
                 call.update(_field(piece, "id"), _field(function, "name"))
                 call.add(_field(function, "arguments"))
-        return
-    kind = getattr(chunk, "type", None)
+        elif name == "function_call":
+            function = said.function(index)
+            function.update(name=_field(value, "name"))
+            function.add(_field(value, "arguments"))
+        elif name == "audio":
+            # The sound itself is base64 no text guardrail reads; what it says is its transcript.
+            said.extra("audio_transcript", _field(value, "transcript"), index)
+        else:
+            said.extra(name, value, index)
+
+
+def _read_responses_event(event: Any, kind: str, said: _Assembled) -> bool:
     if kind == "response.output_text.delta":
-        said.text(getattr(chunk, "delta", None))
+        said.text(_field(event, "delta"))
     elif kind == "response.function_call_arguments.delta":
-        said.call(getattr(chunk, "output_index", 0)).add(getattr(chunk, "delta", None))
+        said.call(_field(event, "output_index")).add(_field(event, "delta"))
     elif kind in ("response.output_item.added", "response.output_item.done"):
-        item = getattr(chunk, "item", None)
-        if _field(item, "type") == "function_call":
-            said.call(getattr(chunk, "output_index", 0)).update(
+        item = _field(event, "item")
+        item_type = _field(item, "type")
+        if item_type == "function_call":
+            said.call(_field(event, "output_index")).update(
                 _field(item, "call_id"), _field(item, "name"), _field(item, "arguments")
             )
+        elif kind == "response.output_item.done" and item_type not in STREAMED_ITEMS:
+            # A tool's item (an MCP call's output, a search's results...) streams no deltas of its own.
+            return False
+    elif kind.endswith(".delta"):
+        # Refusals, reasoning, a custom tool's input...: text the model streams, kept by its name.
+        delta = _field(event, "delta")
+        if not isinstance(delta, str):
+            return False
+        said.extra(kind.removeprefix("response.").removesuffix(".delta").replace(".", "_"), delta)
+    elif not kind.endswith(RESPONSES_ANNOUNCEMENTS):
+        return False
+    return True
+
+
+def _read_anthropic_event(event: Any, kind: str, said: _Assembled) -> bool:
+    index = _field(event, "index")
+    if kind == "content_block_start":
+        block = _field(event, "content_block")
+        block_type = _field(block, "type")
+        if block_type == "text":
+            said.text(_field(block, "text"))
+        elif block_type == "tool_use":
+            said.call(index).update(_field(block, "id"), _field(block, "name"))
+            tool_input = _field(block, "input")
+            if tool_input:
+                said.call(index).add(orjson.dumps(tool_input).decode())
+        elif block_type == "thinking":
+            said.extra("thinking", _field(block, "thinking"))
+        else:
+            return bool(block_type == "redacted_thinking")
+        return True
+    if kind == "content_block_delta":
+        delta = _field(event, "delta")
+        delta_type = _field(delta, "type")
+        if delta_type == "text_delta":
+            said.text(_field(delta, "text"))
+        elif delta_type == "input_json_delta":
+            said.call(index).add(_field(delta, "partial_json"))
+        elif delta_type == "thinking_delta":
+            said.extra("thinking", _field(delta, "thinking"))
+        else:
+            # A signature is not text; anything else (citations...) is kept whole.
+            return bool(delta_type == "signature_delta")
+        return True
+    return kind in ANTHROPIC_PLAIN_EVENTS
+
+
+def _read_gemini_candidate(candidate: Any, said: _Assembled) -> bool:
+    """Gemini's ``streamGenerateContent``: each candidate's parts, text or a whole ``functionCall``."""
+    index = _field(candidate, "index")
+    index = index if isinstance(index, int) else 0
+    content = _field(candidate, "content")
+    parts = _field(content, "parts") if content is not None else []
+    for part in parts if isinstance(parts, list) else []:
+        text, call = _field(part, "text"), _field(part, "functionCall")
+        if isinstance(text, str):
+            if _field(part, "thought"):
+                said.extra("thought", text, index)
+            else:
+                said.text(text, index)
+        elif isinstance(call, Mapping):
+            said.next_call(index).update(
+                name=_field(call, "name"), arguments=orjson.dumps(call.get("args") or {}).decode()
+            )
+        else:
+            said.keep(part)
+    return True
 
 
 class _SseEvents:
-    """Reads Anthropic's SSE stream as it passes: the text deltas, and whether a chunk held
-    ``message_stop``. Events may span chunks, so the unfinished tail is kept."""
+    """Reads an SSE stream as it passes (Anthropic's ``/v1/messages``, Gemini's, or any other route's
+    raw events): each event's JSON goes to the same readers as an object chunk, one no reader knows
+    (or that is not JSON) is kept whole, and a chunk that held ``message_stop`` is reported. Events
+    may span chunks, so the unfinished tail is kept."""
 
     def __init__(self) -> None:
         self._tail = ""
@@ -339,7 +585,7 @@ class _SseEvents:
         self.as_bytes = True
 
     def feed(self, chunk: bytes | str, said: _Assembled) -> bool:
-        """Add ``chunk``'s text and tool use to ``said``; True when it ends the message (``message_stop``)."""
+        """Add ``chunk``'s events to ``said``; True when it ends the message (``message_stop``)."""
         self.seen = True
         self.as_bytes = isinstance(chunk, bytes)
         self._tail += chunk.decode(errors="replace") if isinstance(chunk, bytes) else chunk
@@ -347,24 +593,29 @@ class _SseEvents:
         stop = False
         for event in complete:
             for line in event.split("\n"):
-                if not line.startswith("data:"):
-                    continue
-                try:
-                    payload = orjson.loads(line[5:].strip())
-                except orjson.JSONDecodeError:
-                    continue
-                if not isinstance(payload, dict):
-                    continue
-                kind, block, delta = payload.get("type"), payload.get("content_block"), payload.get("delta")
-                if kind == "content_block_start" and isinstance(block, dict) and block.get("type") == "tool_use":
-                    said.call(payload.get("index")).update(block.get("id"), block.get("name"))
-                elif kind == "content_block_delta" and isinstance(delta, dict):
-                    if delta.get("type") == "text_delta":
-                        said.text(delta.get("text"))
-                    elif delta.get("type") == "input_json_delta":
-                        said.call(payload.get("index")).add(delta.get("partial_json"))
-                stop = stop or kind == "message_stop"
+                if line.startswith("data:"):
+                    stop = self._data(line[5:].strip(), said) or stop
         return stop
+
+    def finish(self, said: _Assembled) -> None:
+        """The stream ended: an event it left unfinished is read (or kept) too."""
+        for line in self._tail.replace("\r\n", "\n").split("\n"):
+            if line.startswith("data:"):
+                self._data(line[5:].strip(), said)
+        self._tail = ""
+
+    @staticmethod
+    def _data(data: str, said: _Assembled) -> bool:
+        if not data or data == "[DONE]":
+            return False
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            said.keep(data)
+            return False
+        if not _read(payload, said):
+            said.keep(payload)
+        return isinstance(payload, dict) and payload.get("type") == "message_stop"
 
 
 def _anthropic_error(exc: StreamRefused, *, as_bytes: bool) -> bytes | str:

@@ -77,7 +77,13 @@ class GroupWriter:
         async with self._sending:
             while self._group is not None and not self.paused:
                 group, self._group = self._group, None
-                group.resolve(await self._send(group.records))
+                delivered = False
+                try:
+                    delivered = await self._send(group.records)
+                finally:
+                    # A flush cancelled mid-push (close's time limit, shutdown) answers the group's
+                    # callers now, not when its timer fires; its records went to ``on_failure``.
+                    group.resolve(delivered)
 
     async def _send(self, batch: list[Entry]) -> bool:
         try:

@@ -102,7 +102,7 @@ def fresh(ms: Masking) -> None:
     ms.akto.reset()
     ms.akto.configure(masks={CARD: MASKED_CARD})
     ms.llm.reset()
-    ms.llm.configure(delay_ms=0, echo=True)
+    ms.llm.configure(delay_ms=0, echo=True, function_call=False)
 
 
 def post(proxy: Proxy, path: str, body: dict[str, Any], timeout: float = 60) -> httpx.Response:
@@ -397,3 +397,57 @@ def test_check_response_ends_a_flagged_anthropic_stream_with_an_error_event(ms: 
     ms.llm.configure(echo=False, reply="A perfectly fine answer")
     clean = post(ms.block, "/v1/messages", body)
     assert [line for line in clean.text.splitlines() if line.startswith("event: ")][-1] == "event: message_stop"
+
+
+def ends_with_an_error_event(response: httpx.Response, reason: str) -> None:
+    """A stream the response check refused: no ``[DONE]``, and an error event with Akto's reason last."""
+    assert response.status_code == 200, response.text
+    data = events(response)
+    assert "[DONE]" not in data, data
+    assert json.loads(data[-1])["error"]["message"] == reason
+
+
+STREAMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "text_completion": ("/v1/completions", {"prompt": "What is your number?"}, {}),
+    "legacy_function_call": (
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "What is your number?"}],
+            "functions": [{"name": "lookup", "parameters": {"type": "object", "properties": {}}}],
+        },
+        {"function_call": True},
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(STREAMS))
+def test_check_response_reads_every_stream_shape_it_lets_through(ms: Masking, shape: str) -> None:
+    path, body, llm = STREAMS[shape]
+    request = {"model": "gpt-3.5-turbo", "stream": True, **body}
+    ms.llm.configure(echo=False, reply="Sure: my ssn is 078-05-1120", **llm)
+    # Unstreamed, the same response is refused: streamed, it must not pass either.
+    assert post(ms.block, path, {**request, "stream": False}).status_code == 400
+    response = post(ms.block, path, request)
+    ends_with_an_error_event(response, "PII detected")
+    record = ingested(ms, response)
+    assert record["statusCode"] == "400" and record["path"] == path
+    assert json.loads(record["metadata"])["blocked_on"] == "response"
+
+    ms.llm.configure(echo=False, reply="A perfectly fine answer", **llm)
+    clean = post(ms.block, path, request)
+    assert events(clean)[-1] == "[DONE]", clean.text
+
+
+def test_check_response_reads_a_gemini_native_stream(ms: Masking) -> None:
+    ms.llm.configure(echo=False, reply="Sure: my ssn is 078-05-1120")
+    body = {"contents": [{"role": "user", "parts": [{"text": "What is your number?"}]}]}
+    path = "/v1beta/models/gpt-3.5-turbo:streamGenerateContent?alt=sse"
+    response = post(ms.block, path, body)
+    assert response.status_code == 200, response.text
+    payloads = [json.loads(e) for e in events(response)]
+    said = "".join(p["text"] for e in payloads for c in e.get("candidates", []) for p in c["content"]["parts"])
+    assert said == "Sure: my ssn is 078-05-1120", "the stream went out as it came"
+    assert response.text.rstrip().splitlines()[-2] == "event: error", response.text[-400:]
+    assert "PII detected" in response.text.rstrip().splitlines()[-1]
+    record = ingested(ms, response)
+    assert record["statusCode"] == "400"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from akto_hook import recovery
 from akto_hook.enqueue import Enqueuer
+from akto_hook.writer import Entry, GroupWriter
 from akto_ingest.queue import inbox_key
 from akto_ingest.record import Record
 
@@ -221,10 +223,60 @@ async def test_close_lands_the_group_in_flight_and_the_one_behind_it(
     assert not segments(tmp_path)
 
 
+async def test_a_cancelled_caller_never_fails_another_in_its_group(
+    real_redis: Redis, queue_name: str, tmp_path: Path
+) -> None:
+    # LiteLLM cancels a caller when it drops a during_call check, a client leaves, or at shutdown.
+    enqueuer = Enqueuer(REAL_REDIS_URL, queue_name, 5.0, tmp_path, 10 * 1024 * 1024)
+    healthy = enqueuer._push_many
+    in_flight = asyncio.Event()
+    release = asyncio.Event()
+    groups: list[int] = []
+
+    async def held(lines: list[str]) -> None:
+        groups.append(len(lines))
+        in_flight.set()
+        await release.wait()
+        await healthy(lines)
+
+    enqueuer._push_many = held  # type: ignore[method-assign]
+    try:
+        cancelled = asyncio.create_task(enqueuer.put(rec(0)))
+        other = asyncio.create_task(enqueuer.put(rec(1)))
+        await asyncio.wait_for(in_flight.wait(), 2)
+        assert groups == [2], "both records travel in one group"
+        cancelled.cancel()
+        await asyncio.sleep(0.05)
+        assert cancelled.cancelled()
+        assert not other.done(), "the other caller still waits for its group"
+        release.set()
+        assert await asyncio.wait_for(other, 2) is True
+        # The cancelled caller stopped waiting; its record is written all the same.
+        assert await inbox_ids(real_redis, queue_name) == ["call-0", "call-1"]
+    finally:
+        release.set()
+        await enqueuer.close()
+
+
+async def test_a_flush_cancelled_mid_push_answers_its_callers_at_once() -> None:
+    spooled: list[Entry] = []
+    writer = GroupWriter(lambda lines: asyncio.sleep(60), 30.0, lambda batch, exc: spooled.extend(batch))
+    done = writer.add(asyncio.get_running_loop(), "{}", "call-0")
+    flush = asyncio.create_task(writer.flush())
+    await asyncio.sleep(0.05)
+    flush.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flush
+    # Not after the group's 30 s timer: the records went to on_failure (the spool), so say so now.
+    assert done.done() and done.result() is False
+    assert spooled == [("{}", "call-0")]
+
+
 SDK_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
 from akto_hook.enqueue import Enqueuer
+from akto_hook.writer import Entry, GroupWriter
 from akto_ingest.record import Record
 
 async def main() -> None:

@@ -235,6 +235,21 @@ async def test_fail_open_answers_like_akto_gateway_when_its_guardrail_engine_fai
     assert len(akto.records) == 2
 
 
+async def test_a_configured_verdict_is_answered_as_it_is(akto: FakeAkto, http: aiohttp.ClientSession) -> None:
+    verdict = {"Allowed": None, "Reason": "Prompt injection detected", "behaviour": "block"}
+    akto.configure(verdict=verdict)
+    url = f"{akto.url}/api/http-proxy"
+    status, text = await post(http, url, envelope("hi"), {"guardrails": "true"})
+    assert (status, json.loads(text)["data"]["guardrailsResult"]) == (200, verdict)
+    status, text = await post(http, url, envelope("hi", "call-2"), {"ingest_data": "true"})
+    assert "guardrailsResult" not in json.loads(text)["data"]
+    with pytest.raises(ValueError, match="verdict must be null or a JSON object"):
+        akto.configure(verdict=[verdict])
+    akto.configure(verdict=None)
+    status, text = await post(http, url, envelope("hi", "call-3"), {"guardrails": "true"})
+    assert json.loads(text)["data"]["guardrailsResult"]["Allowed"] is True
+
+
 async def test_ingest_batches_and_duplicates(akto: FakeAkto, http: aiohttp.ClientSession) -> None:
     url = f"{akto.url}/api/ingestData"
     batch = [envelope(message_id="a"), {**envelope(message_id="b")}]

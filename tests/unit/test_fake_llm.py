@@ -54,6 +54,31 @@ async def test_streams_the_reply_as_server_sent_events(client: TestClient[Any, A
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
 
 
+async def test_function_call_answers_with_a_legacy_function_call_streamed_or_not(
+    client: TestClient[Any, Any],
+) -> None:
+    assert (await client.post("/_admin/config", json={"function_call": True})).status == 200
+    body = await (await client.post("/v1/chat/completions", json=CHAT)).json()
+    (choice,) = body["choices"]
+    assert choice["message"]["function_call"] == {"name": "lookup", "arguments": "The answer"}
+    assert choice["finish_reason"] == "function_call"
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    events = chunks(await resp.text())
+    calls = [e["choices"][0]["delta"].get("function_call") or {} for e in events]
+    assert calls[0]["name"] == "lookup"
+    assert "".join(c.get("arguments", "") for c in calls) == "The answer"
+    assert len(events) > 3 and events[-1]["choices"][0]["finish_reason"] == "function_call"
+
+
+async def test_answers_a_text_completion_streamed_or_not(client: TestClient[Any, Any]) -> None:
+    body = await (await client.post("/v1/completions", json={"model": "m", "prompt": "Hi"})).json()
+    assert body["object"] == "text_completion" and body["choices"][0]["text"] == "The answer"
+    resp = await client.post("/v1/completions", json={"model": "m", "prompt": "Hi", "stream": True})
+    events = chunks(await resp.text())
+    assert len(events) > 3 and "".join(e["choices"][0]["text"] for e in events) == "The answer"
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+
+
 async def test_echo_answers_with_the_last_user_message(client: TestClient[Any, Any]) -> None:
     assert (await client.post("/_admin/config", json={"echo": True})).status == 200
     resp = await client.post("/v1/chat/completions", json=CHAT)

@@ -259,7 +259,6 @@ def test_verdict_reads_both_key_casings(result: dict[str, object]) -> None:
         {"success": True},
         {"success": True, "data": None},
         answer(None),
-        answer({"Reason": "", "Modified": False}),
     ],
 )
 def test_missing_guardrails_result_means_allow(body: dict[str, object]) -> None:
@@ -290,6 +289,68 @@ def test_empty_or_missing_behaviour_blocks(result: dict[str, object]) -> None:
     assert verdict.reason == ""
 
 
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"Allowed": None, "Reason": "Prompt injection detected", "behaviour": "block"},
+        {"Reason": "Prompt injection detected", "behaviour": "block"},
+        {"allowed": None, "Modified": False},
+        {"Reason": "", "Modified": False},
+        {},
+    ],
+)
+def test_a_verdict_without_allowed_is_a_bad_response_not_an_allow(result: dict[str, object]) -> None:
+    # Akto sends Allowed in every verdict, its fail-open one included: one without it says nothing.
+    with pytest.raises(AktoBadResponse, match="no Allowed"):
+        parse_verdict(answer(result))
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"Allowed": True, "allowed": False, "behaviour": "block"},
+        {"Allowed": False, "allowed": True, "behaviour": "block"},
+        {"Allowed": True, "allowed": True, "failOpen": True, "fail_open": False},
+    ],
+)
+def test_two_casings_of_a_flag_that_disagree_are_a_bad_response(result: dict[str, object]) -> None:
+    with pytest.raises(AktoBadResponse, match="both true and false"):
+        parse_verdict(answer(result))
+
+
+def test_a_null_in_one_casing_leaves_the_other() -> None:
+    # Akto's fail-open verdict sends both casings of each key; a null stands for one not sent.
+    verdict = parse_verdict(
+        answer(
+            {
+                "Allowed": None,
+                "allowed": False,
+                "Reason": None,
+                "reason": "PII detected",
+                "behaviour": None,
+                "Behaviour": "warn",
+            }
+        )
+    )
+    assert (verdict.allowed, verdict.reason, verdict.behaviour, verdict.blocks) == (
+        False,
+        "PII detected",
+        "warn",
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "blocks"),
+    [("Block ", True), (" BLOCK", True), ("\tblock\n", True), ("  ", True), (" Alert ", False), ("WARN ", False)],
+)
+def test_behaviour_is_read_without_case_or_surrounding_spaces(behaviour: str, blocks: bool) -> None:
+    verdict = parse_verdict(answer({"Allowed": False, "Reason": "Prompt injection detected", "behaviour": behaviour}))
+    assert verdict.behaviour == behaviour.strip().lower()
+    assert verdict.blocks is blocks
+    assert verdict.flagged is True
+
+
 @pytest.mark.parametrize("body", [[], "ok", 3, None, [{"data": {}}]])
 def test_non_object_answer_is_a_bad_response(body: object) -> None:
     with pytest.raises(AktoBadResponse, match="expected a JSON object"):
@@ -306,6 +367,8 @@ def test_non_object_guardrails_result_is_a_bad_response() -> None:
     [
         {"Allowed": "false", "Reason": "Prompt injection detected", "behaviour": "block"},
         {"Allowed": 0, "Reason": "Prompt injection detected"},
+        # 1 == True in Python: a set of the two casings must not merge them into a boolean.
+        {"Allowed": True, "allowed": 1, "Reason": ""},
         {"Allowed": True, "Modified": "true", "ModifiedPayload": '{"body": "{}"}'},
         {"Allowed": True, "failOpen": "true", "error": "guardrail engine timed out"},
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +24,8 @@ from litellm.types.utils import (
     ModelResponse,
     ModelResponseStream,
     StreamingChoices,
+    TextChoices,
+    TextCompletionResponse,
 )
 from pydantic import BaseModel
 
@@ -340,3 +343,181 @@ async def test_a_stream_with_no_text_and_no_tool_calls_is_not_checked(fake_akto:
     empty = [ModelResponseStream(choices=[StreamingChoices(index=0, delta=Delta(content=None))])]
     assert await drain(checker(fake_akto, []).stream(chunks_of(empty), dict(DATA))) == empty
     assert fake_akto.records == []
+
+
+def checked_body(akto: FakeAkto) -> dict[str, Any]:
+    """The response the last check asked Akto about."""
+    return dict(json.loads(akto.records[-1].body["responsePayload"]))
+
+
+async def refused_stream(akto: FakeAkto, chunks: list[Any]) -> tuple[list[Any], StreamRefused, list[Record]]:
+    """Run ``chunks`` through a response check that refuses them; what went out, why, and the record."""
+    blocked: list[Record] = []
+    seen: list[Any] = []
+    with pytest.raises(StreamRefused) as refused:
+        async for chunk in checker(akto, blocked).stream(chunks_of(chunks), dict(DATA)):
+            seen.append(chunk)
+    return seen, refused.value, blocked
+
+
+def text_completion_chunks(*texts: str) -> list[TextCompletionResponse]:
+    """A ``/v1/completions`` stream as LiteLLM's TextCompletionStreamWrapper passes it on."""
+    chunks = []
+    for text in texts:
+        chunk = TextCompletionResponse()
+        chunk["object"] = "text_completion"
+        chunk["choices"] = [TextChoices(text=text, index=0)]
+        chunks.append(chunk)
+    return chunks
+
+
+async def test_a_text_completion_stream_is_checked_as_a_text_completion(fake_akto: FakeAkto) -> None:
+    chunks = text_completion_chunks("my s", "sn is", " 1")
+    seen, refused, blocked = await refused_stream(fake_akto, chunks)
+    assert seen == chunks and (refused.message, refused.status_code) == ("PII detected", 400)
+    assert blocked[0].blocked_reason == "PII detected"
+    body = checked_body(fake_akto)
+    assert body["object"] == "text_completion"
+    assert body["choices"] == [{"index": 0, "text": "my ssn is 1"}]
+
+    clean = text_completion_chunks("All ", "fine")
+    assert await drain(checker(fake_akto, []).stream(chunks_of(clean), dict(DATA))) == clean
+    assert checked_body(fake_akto)["choices"] == [{"index": 0, "text": "All fine"}]
+
+
+def function_call_chunks(*pieces: str) -> list[ModelResponseStream]:
+    """A chat stream of a legacy ``function_call`` (the ``functions`` parameter): name, then arguments."""
+    calls = [{"name": "lookup", "arguments": ""}, *({"arguments": piece} for piece in pieces)]
+    return [ModelResponseStream(choices=[StreamingChoices(index=0, delta=Delta(function_call=c))]) for c in calls]
+
+
+async def test_a_legacy_function_call_stream_is_checked_as_the_same_response_unstreamed(fake_akto: FakeAkto) -> None:
+    chunks = function_call_chunks('{"q": "my s', 'sn is 1"}')
+    seen, refused, _ = await refused_stream(fake_akto, chunks)
+    assert seen == chunks and refused.message == "PII detected"
+    (choice,) = checked_body(fake_akto)["choices"]
+    assert choice["message"]["function_call"] == {"name": "lookup", "arguments": '{"q": "my ssn is 1"}'}
+
+
+async def test_other_delta_fields_are_checked_by_their_names(fake_akto: FakeAkto) -> None:
+    chunks = [
+        ModelResponseStream(choices=[StreamingChoices(index=0, delta=Delta(reasoning_content=piece))])
+        for piece in ("my s", "sn is 1")
+    ]
+    chunks.append(ModelResponseStream(choices=[StreamingChoices(index=0, delta=Delta(content="Sorry, no."))]))
+    await refused_stream(fake_akto, chunks)
+    (choice,) = checked_body(fake_akto)["choices"]
+    assert choice["message"]["content"] == "Sorry, no."
+    assert choice["message"]["reasoning_content"] == "my ssn is 1"
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        {"output": "my ssn is 1"},
+        ModelResponse(choices=[{"index": 0, "message": {"role": "assistant", "content": "x"}}]).choices[0],
+        ["my ssn is 1"],
+    ],
+    ids=["dict", "object", "list"],
+)
+async def test_a_chunk_no_reader_knows_is_checked_whole(fake_akto: FakeAkto, chunk: Any) -> None:
+    if not isinstance(chunk, dict | list):
+        chunk.message.content = "my ssn is 1"
+    hello = ModelResponseStream(choices=[StreamingChoices(index=0, delta=Delta(content="Hello. "))])
+    seen, refused, _ = await refused_stream(fake_akto, [hello, chunk])
+    assert seen[-1] is chunk and refused.message == "PII detected"
+    body = checked_body(fake_akto)
+    assert "my ssn is 1" in json.dumps(body["unread_chunks"])
+
+
+def responses_event(kind: str, **data: Any) -> dict[str, Any]:
+    return {"type": kind, **data}
+
+
+async def test_responses_events_no_reader_knows_are_checked_whole(fake_akto: FakeAkto) -> None:
+    mcp_item = {"type": "mcp_call", "id": "mcp_1", "name": "lookup", "output": "my ssn is 1"}
+    events = [
+        responses_event("response.created", response={"id": "r1"}),
+        responses_event("response.refusal.delta", output_index=0, delta="I cannot"),
+        responses_event("response.output_item.done", output_index=1, item=mcp_item),
+    ]
+    await refused_stream(fake_akto, events)
+    body = checked_body(fake_akto)
+    assert body["choices"][0]["message"]["refusal"] == "I cannot"
+    assert body["unread_chunks"] == [events[2]]
+
+
+async def test_anthropic_thinking_is_read_and_unknown_deltas_are_kept_whole(fake_akto: FakeAkto) -> None:
+    events = [
+        sse_event("message_start", message={"id": "m1", "role": "assistant", "content": []}),
+        sse_event("content_block_start", index=0, content_block={"type": "thinking", "thinking": ""}),
+        sse_event("content_block_delta", index=0, delta={"type": "thinking_delta", "thinking": "my ssn is 1"}),
+        sse_event("content_block_delta", index=0, delta={"type": "signature_delta", "signature": "c2ln"}),
+        sse_event("content_block_stop", index=0),
+        sse_event("content_block_start", index=1, content_block={"type": "text", "text": ""}),
+        sse_event("content_block_delta", index=1, delta={"type": "citations_delta", "citation": {"cited_text": "Q"}}),
+        sse_event("message_stop"),
+    ]
+    seen = await drain(checker(fake_akto, []).stream(chunks_of(events), dict(DATA)))
+    assert seen[-1].startswith(b"event: error\n")
+    body = checked_body(fake_akto)
+    assert body["choices"][0]["message"]["thinking"] == "my ssn is 1"
+    assert [c["delta"]["type"] for c in body["unread_chunks"]] == ["citations_delta"]
+
+
+def gemini_events(*texts: str) -> list[bytes]:
+    """Gemini's ``streamGenerateContent?alt=sse`` as LiteLLM passes it on: raw SSE bytes."""
+    events: list[dict[str, Any]] = [
+        {"candidates": [{"index": 0, "content": {"role": "model", "parts": [{"text": text}]}}]} for text in texts
+    ]
+    events.append({"candidates": [{"index": 0, "content": {"role": "model", "parts": []}, "finishReason": "STOP"}]})
+    events.append({"usageMetadata": {"totalTokenCount": 3}, "modelVersion": "gemini"})
+    return [f"data: {json.dumps(event)}\r\n\r\n".encode() for event in events]
+
+
+async def test_a_gemini_stream_is_read_and_checked(fake_akto: FakeAkto) -> None:
+    events = gemini_events("my s", "sn is", " 1")
+    seen = await drain(checker(fake_akto, []).stream(chunks_of(events), dict(DATA)))
+    assert seen[:-1] == events and seen[-1].startswith(b"event: error\n")
+    body = checked_body(fake_akto)
+    assert body["choices"][0]["message"]["content"] == "my ssn is 1"
+    assert "unread_chunks" not in body
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [b"data: not json: my ssn is 1\n\n"],
+        [b'data: {"result": "my ssn is 1"}\n\n'],
+        # The stream ended inside an event: what it sent is checked all the same.
+        [b'data: {"result": "my s', b'sn is 1"}'],
+    ],
+    ids=["not_json", "unknown_json", "unfinished"],
+)
+async def test_an_sse_stream_no_reader_knows_is_checked_as_its_raw_events(
+    fake_akto: FakeAkto, events: list[bytes]
+) -> None:
+    blocked: list[Record] = []
+    seen = await drain(checker(fake_akto, blocked).stream(chunks_of(events), dict(DATA)))
+    assert seen[: len(events)] == events and seen[-1].startswith(b"event: error\n")
+    assert "my ssn is 1" in json.dumps(checked_body(fake_akto)["unread_chunks"])
+    assert blocked[0].blocked_reason == "PII detected"
+
+
+async def test_a_success_logged_while_a_stream_is_checked_waits_for_the_check(fake_akto: FakeAkto) -> None:
+    # On /v1/completions LiteLLM logs a stream's success as soon as it ends, before the check is done.
+    fake_akto.configure(delay_ms=300)
+    blocked: list[Record] = []
+    check = checker(fake_akto, blocked)
+
+    async def consume() -> None:
+        with pytest.raises(StreamRefused):
+            await drain(check.stream(stream_of("my ssn", " is 1"), dict(DATA)))
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.1)
+    assert not task.done() and blocked == [], "the check is in flight"
+    await asyncio.wait_for(check.settled(DATA["litellm_call_id"]), 2)
+    assert [r.blocked_reason for r in blocked] == ["PII detected"], "the refusal is known once settled returns"
+    await task
+    await check.settled(DATA["litellm_call_id"])  # nothing in flight: returns at once
