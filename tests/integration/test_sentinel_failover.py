@@ -277,15 +277,15 @@ async def _put(enqueuer: Enqueuer, prefix: str, count: int) -> list[str]:
     return ids
 
 
-async def _delivered(akto: AktoAdmin, ids: list[str], timeout: float) -> float:
-    """Seconds until every one of ``ids`` reached Akto; fails past ``timeout``."""
+async def _delivered(akto: AktoAdmin, ids: list[str], within: float) -> float:
+    """Seconds until every one of ``ids`` reached Akto; fails past ``within`` seconds."""
     start = time.monotonic()
     missing = set(ids)
     while missing:
         missing -= set(await asyncio.to_thread(_ingested, akto))
         if not missing:
             break
-        assert time.monotonic() - start < timeout, f"{len(missing)} of {len(ids)} not delivered in {timeout:g}s"
+        assert time.monotonic() - start < within, f"{len(missing)} of {len(ids)} not delivered in {within:g}s"
         await asyncio.sleep(0.2)
     return time.monotonic() - start
 
@@ -351,6 +351,8 @@ async def _freeze_the_primary(
     stuck = [(t - frozen_at, text) for t, status, text in seen if status == 503]
     assert stuck, f"/healthz never failed while the worker's loops were stuck: {seen}"
     assert all("has not completed a round" in text for _, text in stuck), stuck
+    reported = " ".join(text for _, text in stuck)
+    assert "arq's poll" in reported and "the collector" in reported, stuck
     assert stuck[0][0] < promoted_at - frozen_at, "/healthz failed only after the failover"
     return {
         "promoted_after_freeze": round(promoted_at - frozen_at, 2),
