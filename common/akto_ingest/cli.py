@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from . import config_check, dlq, violations
 from .config import QueueSettings
-from .connections import redis_client
+from .connections import bounded, redis_client
 from .errors import ConfigError, RecordError
 from .queue import backlog, dlq_key, heartbeat_key, inbox_key, oldest_job_born_ms, spool_status_key
 from .record import Record, now_ms
@@ -150,7 +150,7 @@ def _print(data: Any, as_json: bool) -> None:
 async def _run(args: argparse.Namespace) -> int:
     settings = QueueSettings.load({"redis_url": args.redis_url, "queue_name": args.queue})
     queue = settings.queue_name
-    redis = redis_client(settings.redis_url, socket_connect_timeout=5)
+    redis = redis_client(settings.redis_url, **bounded(settings.redis_timeout))
     try:
         if args.command == "status":
             _print(await status(redis, queue), args.json)

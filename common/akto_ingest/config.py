@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from .connections import check_redis_url
+from .connections import REDIS_TIMEOUT_SECONDS, check_redis_url
 from .errors import ConfigError
 
 OnFlagged = Literal["block", "monitor"]
@@ -29,6 +29,7 @@ ENV_NAMES: dict[str, str] = {
     "akto_api_key": "AKTO_API_KEY",
     "on_flagged": "AKTO_ON_FLAGGED",
     "redis_url": "REDIS_URL",
+    "redis_timeout": "AKTO_REDIS_TIMEOUT",
     "queue_name": "AKTO_QUEUE_NAME",
     "akto_account_id": "AKTO_ACCOUNT_ID",
     "akto_vxlan_id": "AKTO_VXLAN_ID",
@@ -48,6 +49,7 @@ ENV_NAMES: dict[str, str] = {
     "backoff_base": "AKTO_BACKOFF_BASE",
     "backoff_max": "AKTO_BACKOFF_MAX",
     "metrics_port": "AKTO_WORKER_METRICS_PORT",
+    "round_budget": "AKTO_WORKER_ROUND_BUDGET",
 }
 
 
@@ -147,12 +149,17 @@ class AktoSettings(_Settings):
 
 
 class QueueSettings(_Settings):
-    """Where the queue lives; the hook and the worker must agree on both values."""
+    """Where the queue lives (the hook and the worker must agree on both), and how long a Redis
+    command may take."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue_name: str = Field(default="akto:ingest", min_length=1)
+    # Seconds a Redis command may wait for its reply before the client gives up on the connection and
+    # reconnects (through Sentinel: to whatever the Sentinels now name as primary). A primary that
+    # stops answering without closing its sockets (SIGSTOP, a partition) would hold it forever.
+    redis_timeout: float = Field(default=REDIS_TIMEOUT_SECONDS, gt=0, le=300, allow_inf_nan=False)
 
     _check_redis = field_validator("redis_url")(check_redis_url)
 
@@ -191,6 +198,10 @@ class WorkerConfig(_Settings):
     backoff_base: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     backoff_max: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     metrics_port: int = Field(default=9191, ge=0, le=65535)
+    # Seconds arq's poll or the collector may go without completing a round before /healthz fails.
+    # A round includes the Redis client's retries, so this is also how long Redis may be away or
+    # frozen before liveness fails: longer than a Sentinel failover (30 s to notice by default).
+    round_budget: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False)
 
 
 # The guardrail's own keys in LiteLLM's ``litellm_params`` (the rest are LiteLLM's).

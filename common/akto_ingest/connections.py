@@ -7,10 +7,16 @@ Two forms are accepted (``REDIS_URL`` / ``redis_url``):
   Sentinel. Clients ask the Sentinels which server is the primary and ask again after a failover.
   The password is the primary's (and its replicas'); the Sentinels themselves are reached without
   one. A host without a port uses 26379.
+
+Every client bounds each command (:func:`bounded`): a server that stops answering without closing
+its sockets (a SIGSTOPped or partitioned primary) costs a command ``redis_timeout`` seconds, after
+which the client reconnects, through Sentinel to the primary the Sentinels name at that moment.
 """
 
 from __future__ import annotations
 
+import math
+import socket
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote, urlparse
@@ -27,6 +33,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
 DIRECT_SCHEMES = ("redis", "rediss", "unix")
+# The default for ``redis_timeout`` (AKTO_REDIS_TIMEOUT).
+REDIS_TIMEOUT_SECONDS = 5.0
+# A Sentinel answers from memory, so it gets at most this long: a frozen Sentinel must not use up the
+# caller's own deadline (the hook's probe allows 1 s) before the next Sentinel is asked.
+SENTINEL_TIMEOUT_SECONDS = 0.5
+KEEPALIVE_PROBES = 3
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,27 @@ def is_sentinel(url: str) -> bool:
     return url.startswith(f"{SENTINEL_SCHEME}://")
 
 
+def bounded(timeout: float, connect_timeout: float | None = None) -> dict[str, Any]:
+    """Connection settings under which no Redis command waits longer than ``timeout`` for its reply.
+
+    The socket timeout bounds a command on a server that stops answering but keeps its sockets open
+    (the kernel still accepts and acknowledges). TCP keepalive finds a peer gone behind a partition on
+    idle pooled connections, which would otherwise be handed out and only time out on their next use.
+    """
+    interval = max(1, math.ceil(timeout))
+    options = {
+        option: value
+        for name, value in (("TCP_KEEPIDLE", interval), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", KEEPALIVE_PROBES))
+        if (option := getattr(socket, name, None)) is not None
+    }
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout if connect_timeout is None else connect_timeout,
+        "socket_keepalive": True,
+        "socket_keepalive_options": options,
+    }
+
+
 def redis_client(url: str, **kwargs: Any) -> Redis:
     """An asyncio client for the URL; with Sentinel, one that always talks to the current primary.
 
@@ -120,8 +153,12 @@ def _client(url: str, redis_class: type[Redis], kwargs: dict[str, Any]) -> Redis
         direct: Redis = redis_class.from_url(url, **kwargs)
         return direct
     target = parse_sentinel_url(url)
-    # Sentinels get the socket timeouts but never the data password (Sentinel's own default).
-    sentinel = Sentinel(target.sentinels, **kwargs)  # type: ignore[no-untyped-call]
+    # Sentinels get the socket settings but never the data password (Sentinel's own default).
+    sentinel_kwargs = {key: value for key, value in kwargs.items() if key.startswith("socket_")}
+    for key in ("socket_timeout", "socket_connect_timeout"):
+        if sentinel_kwargs.get(key) is not None:
+            sentinel_kwargs[key] = min(sentinel_kwargs[key], SENTINEL_TIMEOUT_SECONDS)
+    sentinel = Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
     client: Redis = sentinel.master_for(
         target.master, redis_class=redis_class, db=target.db, username=target.username, password=target.password
     )
@@ -147,13 +184,19 @@ def outage_retry(url: str) -> dict[str, Any]:
     }
 
 
-def worker_pool(url: str, queue: str, *, job_serializer: Serializer, job_deserializer: Deserializer) -> ArqRedis:
-    """The worker's arq connection, built here rather than by arq from ``RedisSettings``.
+def worker_pool(
+    url: str, queue: str, timeout: float, *, job_serializer: Serializer, job_deserializer: Deserializer
+) -> ArqRedis:
+    """The worker's arq connection (arq's poll, the collector and the jobs), built here rather than by
+    arq from ``RedisSettings``.
 
     arq 0.28 drops the retry settings of a Sentinel ``RedisSettings``, so a worker connected through
-    Sentinel would die at the first failover; this pool has the same retry policy either way.
+    Sentinel would die at the first failover; and ``RedisSettings`` has no socket timeout, so a frozen
+    primary would hold arq's poll forever. This pool has the same retry policy either way, and each
+    command gives up after ``timeout``: the retry then reconnects, asking the Sentinels again.
     """
-    pool = cast(ArqRedis, _client(url, ArqRedis, {"socket_connect_timeout": 1, **outage_retry(url)}))
+    kwargs = {**bounded(timeout, connect_timeout=min(timeout, 1)), **outage_retry(url)}
+    pool = cast(ArqRedis, _client(url, ArqRedis, kwargs))
     pool.default_queue_name = queue
     pool.job_serializer = job_serializer
     pool.job_deserializer = job_deserializer

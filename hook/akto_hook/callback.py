@@ -243,6 +243,7 @@ class AktoLogger(CustomLogger):
             self.settings.enqueue_timeout,
             spool,
             self.settings.spool_max_bytes,
+            redis_timeout=self.queue.redis_timeout,
         )
 
     def _writer_here(self) -> _Writer:

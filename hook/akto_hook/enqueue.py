@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from akto_ingest.connections import redis_client
+from akto_ingest.connections import REDIS_TIMEOUT_SECONDS, bounded, redis_client
 from akto_ingest.record import Record
 
 from .recovery import Recovery, State
@@ -41,10 +41,21 @@ class Enqueuer:
     the writer owns the record and either lands it in Redis or spools it. ``put`` never raises.
     """
 
-    def __init__(self, redis_url: str, queue: str, timeout: float, spool_dir: Path, spool_max_bytes: int) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        queue: str,
+        timeout: float,
+        spool_dir: Path,
+        spool_max_bytes: int,
+        *,
+        redis_timeout: float = REDIS_TIMEOUT_SECONDS,
+    ) -> None:
         self._queue = queue
         self._timeout = timeout
-        self._redis = redis_client(redis_url, socket_connect_timeout=max(timeout, 1), socket_timeout=None)
+        # The writer and the breaker bound their own waits (enqueue_timeout, the probe's 1 s); the
+        # socket timeout also bounds the Sentinel lookups and anything that runs without one.
+        self._redis = redis_client(redis_url, **bounded(redis_timeout, connect_timeout=max(timeout, 1)))
         self._spool = Spool(spool_dir, spool_max_bytes)
         self._pusher = Pusher(self._redis, queue)
         self._writer = GroupWriter(self._push, timeout, self._redis_failed)

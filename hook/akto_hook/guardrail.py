@@ -99,6 +99,7 @@ class AktoGuardrail(CustomGuardrail):
             self.settings.enqueue_timeout,
             Path(self.settings.spool_dir) if self.settings.spool_dir else default_dir(self.queue.queue_name),
             self.settings.spool_max_bytes,
+            redis_timeout=self.queue.redis_timeout,
         )
         self._blocked: OrderedDict[str, None] = OrderedDict()
         # during_call: checks in flight (the LLM may finish first), and calls whose LLM output was

@@ -292,3 +292,12 @@ def test_bad_redis_url_error_does_not_leak_the_redis_password() -> None:
 def test_infinite_guardrail_timeout_is_rejected() -> None:
     message = config_error(HookSettings, {"guardrail_timeout": "inf"})
     assert "guardrail_timeout" in message
+
+
+def test_redis_timeout_and_round_budget_from_env_and_their_bounds() -> None:
+    assert QueueSettings.load({}, env={}).redis_timeout == 5.0
+    assert QueueSettings.load({}, env={"AKTO_REDIS_TIMEOUT": "1.5"}).redis_timeout == 1.5
+    assert WorkerConfig.load({}, env={}).round_budget == 60.0
+    assert WorkerConfig.load({}, env={"AKTO_WORKER_ROUND_BUDGET": "90"}).round_budget == 90.0
+    assert "redis_timeout (env AKTO_REDIS_TIMEOUT)" in config_error(QueueSettings, {"redis_timeout": 0})
+    assert "round_budget (env AKTO_WORKER_ROUND_BUDGET)" in config_error(WorkerConfig, {"round_budget": "inf"})

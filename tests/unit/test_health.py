@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from akto_worker import health
+from akto_worker.collector import collect
 from tests.stack import free_port
 
 Serve = Callable[[Redis, health.Liveness], Awaitable[str]]
@@ -112,3 +115,59 @@ async def test_a_stalled_event_loop_fails_liveness_until_it_keeps_time_again(col
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+
+
+async def test_a_loop_that_completes_no_round_within_its_budget_fails_liveness(
+    collector: asyncio.Task[None],
+) -> None:
+    rounds = health.Rounds("arq's poll", 0.3)
+    liveness = health.Liveness(collector, (rounds,))
+    assert liveness.problems() == []
+    await asyncio.sleep(0.5)
+    [problem] = liveness.problems()
+    assert problem.startswith("arq's poll has not completed a round in ") and "(budget 0.3s)" in problem
+    rounds.completed()
+    assert liveness.problems() == []
+
+
+class _Claimer:
+    """A claimer whose claims fail, then hang (a server that stopped answering)."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    async def claim(self) -> int:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RedisConnectionError("refused")
+        await asyncio.Event().wait()
+        return 0
+
+
+_real_sleep = asyncio.sleep
+
+
+def _no_wait(sleep: Callable[[float], Awaitable[None]]) -> Callable[[float], Awaitable[None]]:
+    """The collector's 1 s pause after a failed claim, cut to nothing."""
+
+    async def no_wait(_: float) -> None:
+        await sleep(0)
+
+    return no_wait
+
+
+async def test_failed_claims_are_rounds_a_hung_claim_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(asyncio, "sleep", _no_wait(asyncio.sleep))
+    rounds = health.Rounds("the collector", 0.3)
+    claimer = _Claimer(failures=3)
+    task = asyncio.create_task(collect(claimer, 10, rounds))  # type: ignore[arg-type]
+    try:
+        await _real_sleep(0.2)
+        assert claimer.calls == 4 and rounds.problem() is None
+        await _real_sleep(0.3)
+        assert rounds.problem() is not None and not task.done()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

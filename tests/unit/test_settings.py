@@ -104,3 +104,16 @@ async def test_startup_keeps_config_and_background_tasks_in_ctx_and_shutdown_end
         await lifecycle.shutdown(ctx)
     assert all(t.done() for t in background)
     assert "background" not in ctx and "akto_client" not in ctx
+
+
+def test_the_worker_pool_bounds_every_command_with_the_redis_timeout(load_settings: Load) -> None:
+    settings = load_settings(**GOOD, REDIS_URL="redis+sentinel://s1:26380/primary", AKTO_REDIS_TIMEOUT="2.5")
+    kwargs = settings.WorkerSettings.redis_pool.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == 2.5
+    assert kwargs["socket_keepalive"] is True
+    assert kwargs["retry_on_timeout"] is True  # a timed-out command reconnects, asking the Sentinels again
+
+
+def test_a_round_budget_within_the_redis_timeout_is_refused(load_settings: Load) -> None:
+    with pytest.raises(ConfigError, match=r"AKTO_WORKER_ROUND_BUDGET=5 must be longer than AKTO_REDIS_TIMEOUT=5"):
+        load_settings(**GOOD, AKTO_WORKER_ROUND_BUDGET="5")

@@ -10,6 +10,9 @@ Redis restart did, and the worker it killed was found dead at the next stop.
 
 A claim that breaks this way claimed nothing: the ``in-progress`` key is written only by ``EXEC``.
 So it is handled as arq handles a lost race, and the job stays queued for the next poll.
+
+Each poll iteration that ends, with or without such a drop, is reported as a completed round to the
+worker's :class:`~akto_worker.health.Rounds` (in arq's ``ctx``), which ``/healthz`` watches.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from arq.worker import Worker
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
+
+from .health import POLL_ROUNDS
 
 log = logging.getLogger("akto_worker")
 
@@ -52,6 +57,9 @@ def survive_connection_drops(worker_class: type[Worker] = Worker) -> None:
             await arq_poll_iteration(self)
         except _DROPS as exc:
             log.warning("polling the queue failed on a dropped Redis connection (%s); polling on", exc)
+        rounds = self.ctx.get(POLL_ROUNDS)
+        if rounds is not None:
+            rounds.completed()
 
     setattr(start_jobs, "survives_connection_drops", True)  # noqa: B010
     setattr(worker_class, "start_jobs", start_jobs)  # noqa: B010

@@ -14,6 +14,7 @@ from akto_ingest.queue import Claimer, backlog, heartbeat_key
 from akto_ingest.record import now_ms
 
 from . import metrics
+from .health import Rounds
 
 log = logging.getLogger("akto_worker")
 
@@ -21,15 +22,18 @@ IDLE_POLL_SECONDS = 0.05
 GAUGE_INTERVAL_SECONDS = 5.0
 
 
-async def collect(claimer: Claimer, batch_size: int) -> None:
-    """Claim inbox records into jobs forever; sleeps briefly only when the inbox runs dry."""
+async def collect(claimer: Claimer, batch_size: int, rounds: Rounds) -> None:
+    """Claim inbox records into jobs forever; sleeps briefly only when the inbox runs dry. Each claim,
+    done or failed, is a round for ``/healthz``."""
     while True:
         try:
             moved = await claimer.claim()
         except (RedisError, OSError) as exc:
+            rounds.completed()
             log.warning("cannot claim records from the inbox: %s", exc)
             await asyncio.sleep(1)
             continue
+        rounds.completed()
         if moved < batch_size:
             await asyncio.sleep(IDLE_POLL_SECONDS)
 

@@ -1,9 +1,11 @@
 """The worker's HTTP side port: Prometheus metrics and the liveness/readiness probes.
 
-``/healthz`` (liveness) says whether this process still works: its event loop keeps time and its
-collector task is running. It does not ask Redis: a Redis outage is shared by every worker, and
-restarting them all would not bring Redis back. ``/readyz`` (readiness) adds a Redis PING, so a
-worker that cannot reach Redis is reported as not ready without being restarted.
+``/healthz`` (liveness) says whether this process still works: its event loop keeps time, its
+collector task is running, and arq's poll and the collector each complete a round within the round
+budget. It sends nothing to Redis itself, but a round waits on Redis, retries included: a short
+outage or failover leaves it at 200, a Redis that has been frozen or away for longer than the budget
+does not. ``/readyz`` (readiness) adds a Redis PING, so a worker that cannot reach Redis is reported
+as not ready at once.
 """
 
 from __future__ import annotations
@@ -23,15 +25,46 @@ TICK_SECONDS = 1.0
 # outright; this catches a loop that still answers but no longer keeps up.
 MAX_LOOP_LAG_SECONDS = 10.0
 PING_TIMEOUT_SECONDS = 2.0
+# arq's ``ctx`` key of the poll's :class:`Rounds`; the patched poll loop (claims.py) reports there.
+POLL_ROUNDS = "akto_poll_rounds"
+
+
+class Rounds:
+    """When a loop last completed a round; one that has not for ``budget`` seconds is stuck.
+
+    A round that ends in an error counts: the loop goes on and tries again. One that never ends
+    (a command waiting on a server that stopped answering) does not.
+    """
+
+    def __init__(self, name: str, budget: float) -> None:
+        self.name = name
+        self.budget = budget
+        self._completed = time.monotonic()
+
+    def completed(self) -> None:
+        self._completed = time.monotonic()
+
+    def problem(self) -> str | None:
+        waited = time.monotonic() - self._completed
+        if waited <= self.budget:
+            return None
+        return f"{self.name} has not completed a round in {waited:.1f}s (budget {self.budget:g}s)"
 
 
 class Liveness:
-    """Watches this process: the lateness of the event loop's timers and the collector task."""
+    """Watches this process: the lateness of the event loop's timers, the collector task, and the
+    rounds of arq's poll and of the collector."""
 
     def __init__(
-        self, collector: asyncio.Task[None], *, tick: float = TICK_SECONDS, max_lag: float = MAX_LOOP_LAG_SECONDS
+        self,
+        collector: asyncio.Task[None],
+        rounds: tuple[Rounds, ...] = (),
+        *,
+        tick: float = TICK_SECONDS,
+        max_lag: float = MAX_LOOP_LAG_SECONDS,
     ) -> None:
         self._collector = collector
+        self._rounds = rounds
         self._tick = tick
         self._max_lag = max_lag
         self._stall = 0.0
@@ -56,6 +89,7 @@ class Liveness:
         if self._collector.done():
             error = None if self._collector.cancelled() else self._collector.exception()
             found.append(f"collector task ended ({error!r})" if error else "collector task ended")
+        found.extend(problem for rounds in self._rounds if (problem := rounds.problem()))
         if time.monotonic() - self._stall_seen < self._max_lag:
             found.append(f"event loop {self._stall:.1f}s late (limit {self._max_lag:g}s)")
         return found

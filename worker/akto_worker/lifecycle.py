@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from akto_ingest import logs
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings, QueueSettings, WorkerConfig
+from akto_ingest.errors import ConfigError
 from akto_ingest.queue import Claimer
 
 from . import health
@@ -40,7 +41,14 @@ class Config:
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> Self:
         """Read the environment; raises :class:`~akto_ingest.errors.ConfigError` naming each bad variable."""
-        return cls(AktoSettings.load(env=env), QueueSettings.load(env=env), WorkerConfig.load(env=env))
+        config = cls(AktoSettings.load(env=env), QueueSettings.load(env=env), WorkerConfig.load(env=env))
+        if config.worker.round_budget <= config.queue.redis_timeout:
+            raise ConfigError(
+                f"AKTO_WORKER_ROUND_BUDGET={config.worker.round_budget:g} must be longer than "
+                f"AKTO_REDIS_TIMEOUT={config.queue.redis_timeout:g}: a single slow Redis command would "
+                "fail the worker's liveness"
+            )
+        return config
 
 
 def max_jobs(config: WorkerConfig) -> int:
@@ -90,8 +98,11 @@ async def startup(ctx: dict[str, Any], config: Config) -> None:
     state = WorkerState(Deliverer(client, config.akto, config.worker), config.worker, config.queue.queue_name)
     ctx["akto"] = state
     claimer = Claimer(redis, state.queue_name, config.worker.batch_size, state.job_ttl_ms)
-    collector = asyncio.create_task(collect(claimer, config.worker.batch_size), name="akto-collector")
-    liveness = health.Liveness(collector)
+    budget = config.worker.round_budget
+    claims = health.Rounds("the collector", budget)
+    polls = ctx[health.POLL_ROUNDS] = health.Rounds("arq's poll", budget)
+    collector = asyncio.create_task(collect(claimer, config.worker.batch_size, claims), name="akto-collector")
+    liveness = health.Liveness(collector, (polls, claims))
     ctx["background"] = [
         collector,
         asyncio.create_task(report_backlog(redis, state.queue_name), name="akto-backlog"),

@@ -45,7 +45,11 @@ class WorkerSettings:
     job_completion_wait = limits.stop_wait
     queue_name = config.queue.queue_name
     redis_pool = worker_pool(
-        config.queue.redis_url, config.queue.queue_name, job_serializer=encode_job, job_deserializer=decode_job
+        config.queue.redis_url,
+        config.queue.queue_name,
+        config.queue.redis_timeout,
+        job_serializer=encode_job,
+        job_deserializer=decode_job,
     )
     # arq's own `arq --check` health check connects with these; the worker itself uses redis_pool.
     redis_settings = arq_redis_settings(config.queue.redis_url)
