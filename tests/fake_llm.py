@@ -264,9 +264,9 @@ def add_responses_route(application: web.Application, settings: Settings) -> Non
 
 
 def add_other_routes(application: web.Application, settings: Settings) -> None:
-    """The other model APIs LiteLLM routes (embeddings, image generation and edits,
-    audio transcription and Cohere's rerank), each answered with a minimal valid body; what they received is kept beside
-    the chat requests (a transcription's form fields, with the file's size)."""
+    """The other model APIs LiteLLM routes (embeddings, image generation and edits, audio
+    transcription and Cohere's rerank), each answered with a minimal valid body; what they received
+    is kept beside the chat requests (an upload's form fields, with the file's size)."""
 
     async def form(request: web.Request) -> dict[str, Any]:
         fields: dict[str, Any] = {}
