@@ -32,10 +32,13 @@ from tests.stack import (
     worker_env,
 )
 
-# The one-line file users put beside config.yaml for LiteLLM 1.81-1.93.
+# The one-line files users put beside config.yaml for LiteLLM 1.81-1.93 (README.md, Compatibility).
 GUARDRAIL_FILE = REPO / "deploy" / "litellm" / "akto_guardrail.py"
-# From this release on, LiteLLM also imports `guardrail:` as an installed module.
+CALLBACK_FILE = REPO / "deploy" / "litellm" / "akto_callbacks.py"
+# From this release on, LiteLLM also imports what config.yaml names as an installed module.
 MODULE_LOADING = (1, 94, 0)
+# From this release until MODULE_LOADING, callbacks too are read only from a file beside config.yaml.
+CALLBACK_FILES = (1, 84, 0)
 
 
 def release() -> tuple[int, int, int]:
@@ -51,6 +54,14 @@ def guardrail_reference(config_dir: Path) -> str:
         return "akto_hook.AktoGuardrail"
     shutil.copy(GUARDRAIL_FILE, config_dir / GUARDRAIL_FILE.name)
     return "akto_guardrail.AktoGuardrail"
+
+
+def callback_reference(config_dir: Path) -> str:
+    """The callback's name in ``success_callback`` as README.md tells users of this release to write it."""
+    if not CALLBACK_FILES <= release() < MODULE_LOADING:
+        return "akto_hook.akto_callback"
+    shutil.copy(CALLBACK_FILE, config_dir / CALLBACK_FILE.name)
+    return "akto_callbacks.akto_callback"
 
 
 @dataclass
@@ -72,14 +83,17 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def stack(log_dir: Path) -> Iterator[CompatStack]:
     run = uuid.uuid4().hex[:8]
     reference = {"guardrail": guardrail_reference(log_dir)}
+    callback = [callback_reference(log_dir)]
     akto_proc, akto = start_fake_akto(log_dir)
     redis = new_redis(log_dir)
     configs = {
         # The defaults under test: fail_closed, 5 s.
         "block": litellm_config(BLOCK_EXAMPLE, drop=("unreachable_fallback", "guardrail_timeout"), extra=reference),
         "monitor": litellm_config(MONITOR_EXAMPLE, extra=reference),
-        # The shipped callback example as written (success_callback and failure_callback).
-        "callback": litellm_config(CALLBACK_EXAMPLE),
+        # The shipped callback example: success_callback and failure_callback.
+        "callback": litellm_config(
+            CALLBACK_EXAMPLE, litellm_settings={"success_callback": callback, "failure_callback": callback}
+        ),
     }
     procs: list[Proc] = [akto_proc]
     try:
