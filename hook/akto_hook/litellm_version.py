@@ -3,8 +3,8 @@
 The check reads the installed distribution's version and imports nothing of LiteLLM: a release
 outside the range must stop the proxy with one line naming the version found and the range needed,
 not with an ``ImportError`` from a LiteLLM internal that release lacks (1.80 has no
-``GuardrailTracingDetail``). ``pyproject.toml``'s ``proxy`` extra states the same range
-(a unit test keeps the two equal).
+``GuardrailTracingDetail``). ``pyproject.toml``'s ``proxy`` extra starts at the same release, and
+the Makefile's ``make compat`` runs both ends (unit tests keep the three in step).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from akto_ingest.errors import UnsupportedLiteLLM
 OLDEST = (1, 81, 14)
 # The first release not tested: the newest CI runs on is 1.110.x.
 FIRST_UNTESTED = (1, 111, 0)
-RANGE = ">=1.81.14,<1.111"
+RANGE = f">={'.'.join(map(str, OLDEST))},<{FIRST_UNTESTED[0]}.{FIRST_UNTESTED[1]}"
 # Lets a release newer than the range start (with a warning), for teams that upgrade LiteLLM before
 # this package has been tested with it. Older releases lack what the hook imports: no way round.
 ALLOW_NEWER_ENV = "AKTO_ALLOW_UNTESTED_LITELLM"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import subprocess
 import sys
 import tomllib
@@ -96,3 +97,13 @@ def test_the_proxy_extra_starts_at_the_oldest_and_never_downgrades_a_1_x() -> No
     # Only LiteLLM itself, not its [proxy] extra: where that extra does not resolve, pip would go back
     # to an older LiteLLM whose extra does.
     assert project["optional-dependencies"]["proxy"] == [f"litellm>={oldest},<2"]
+
+
+def test_make_compat_runs_the_oldest_and_a_release_below_the_first_untested() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    ends = {name: re.search(rf"^{name} \?= (\S+)$", makefile, re.M) for name in ("COMPAT_OLDEST", "COMPAT_NEWEST")}
+    assert all(ends.values()), ends
+    oldest, newest = (litellm_version._release(match.group(1)) for match in ends.values() if match)
+    assert oldest == litellm_version.OLDEST
+    assert newest is not None and newest < litellm_version.FIRST_UNTESTED
+    assert newest[:2] == (litellm_version.FIRST_UNTESTED[0], litellm_version.FIRST_UNTESTED[1] - 1)
