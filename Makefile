@@ -4,12 +4,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench dist clean
+.PHONY: demo test test-fast lint bench dist clean compat
 
-$(STAMP): pyproject.toml
+# The dev venv runs one LiteLLM release, pinned with its [proxy] extra; the project's own `proxy` extra
+# is the supported range (README.md, Compatibility), which keeps this pin.
+LITELLM ?= 1.108.7
+# The ends of the supported range that `make compat` proves (hook/akto_hook/litellm_version.py).
+COMPAT_OLDEST ?= 1.81.14
+COMPAT_NEWEST ?= 1.110.2
+
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[proxy,dev]"
+	$(BIN)/pip install --quiet -e ".[proxy,dev]" "litellm[proxy]==$(LITELLM)"
+	$(BIN)/pip check
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -23,7 +31,21 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python scripts/with_redis.py $(BIN)/pytest -q -rs
+	$(BIN)/pip check
+	$(BIN)/python scripts/with_redis.py $(BIN)/pytest -q -rs -m "not compat"
+
+## make compat: the proxy-level core (tests/compat) on the oldest and the newest supported LiteLLM,
+## each in a virtualenv of its own (.venv-litellm-VERSION, built once).
+compat: .venv-litellm-$(COMPAT_OLDEST)/.installed .venv-litellm-$(COMPAT_NEWEST)/.installed
+	for version in $(COMPAT_OLDEST) $(COMPAT_NEWEST); do \
+		echo "== LiteLLM $$version"; \
+		.venv-litellm-$$version/bin/pip check || exit 1; \
+		LITELLM_LOCAL_MODEL_COST_MAP=True .venv-litellm-$$version/bin/pytest -q -rs -p no:cacheprovider -m compat tests/compat || exit 1; \
+	done
+
+.venv-litellm-%/.installed: scripts/compat_venv.py pyproject.toml
+	$(PYTHON) scripts/compat_venv.py $* .venv-litellm-$*
+	touch $@
 
 ## make test-fast: unit tests only (fakeredis; no proxy, no worker processes).
 test-fast: $(STAMP)
@@ -45,4 +67,4 @@ dist: $(STAMP)
 	$(BIN)/twine check --strict dist/*
 
 clean:
-	rm -rf $(VENV) dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-litellm-* dist .pytest_cache .mypy_cache .ruff_cache

@@ -184,6 +184,18 @@ class HookSettings(_Settings):
     file_guardrails: bool = False
     file_guardrail_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False)
 
+    @field_validator("on_flagged", mode="before")
+    @classmethod
+    def _not_mask(cls, value: Any) -> Any:
+        # LiteLLM 1.109+ accepts on_flagged: mask for every guardrail and passes it on; here masking
+        # is Akto's decision, not a mode (docs/decisions.md).
+        if value == "mask":
+            raise ValueError(
+                "'mask' is not a mode of the Akto guardrail; accepted: block, monitor. Masking is Akto's "
+                "decision: with block, a verdict that carries Akto's masked request is applied to it"
+            )
+        return value
+
 
 class WorkerConfig(_Settings):
     """Settings only the worker uses."""

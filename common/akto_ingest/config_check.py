@@ -25,9 +25,11 @@ PREFIX = "invalid Akto guardrail configuration: "
 ENV_PREFIX = "os.environ/"
 # What LiteLLM accepts for the spec's keys it checks itself (the rest it takes as they are).
 LITELLM_CHECKS: dict[str, tuple[str, ...]] = {
-    "on_flagged": ("block", "monitor", "inject_system_message"),
+    "on_flagged": ("block", "monitor", "inject_system_message", "mask"),
     "unreachable_fallback": ("fail_closed", "fail_open"),
 }
+# Values LiteLLM accepts (mask from 1.109 on) and hands on to the guardrail, whose own check names them.
+NOT_OURS = ("inject_system_message", "mask")
 LITELLM_INTS = ("guardrail_timeout", "file_guardrail_timeout")
 
 
@@ -64,7 +66,7 @@ def check_params(params: Mapping[str, Any], env: Mapping[str, str]) -> None:
         value = resolved.get(key)
         if value is not None and value not in allowed:
             raise ConfigError(
-                f"{key}: {value!r} is not one of {', '.join(a for a in allowed if a != 'inject_system_message')}; "
+                f"{key}: {value!r} is not one of {', '.join(a for a in allowed if a not in NOT_OURS)}; "
                 "LiteLLM would start the proxy WITHOUT this guardrail"
             )
     for key in LITELLM_INTS:

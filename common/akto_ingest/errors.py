@@ -14,6 +14,11 @@ class ConfigError(AktoIngestError):
     """
 
 
+class UnsupportedLiteLLM(ConfigError):
+    """The installed LiteLLM is outside the releases this guardrail is tested with; raised when
+    ``akto_hook`` is imported, before any of LiteLLM's internals are."""
+
+
 class RecordError(AktoIngestError, ValueError):
     """A record cannot be decoded or does not match the record schema."""
 

@@ -3,12 +3,18 @@
 
 from typing import Any
 
-from akto_ingest.errors import ConfigError
+from akto_ingest.errors import ConfigError, UnsupportedLiteLLM
 
-from .callback import AktoLogger, default_callback
-from .guardrail import AktoGuardrail
+from . import litellm_version
 
-__all__ = ["AktoGuardrail", "AktoLogger", "ConfigError"]
+# Before anything below imports LiteLLM's internals: a release outside the range stops here, with
+# the version found and the range needed.
+litellm_version.check(litellm_version.installed())
+
+from .callback import AktoLogger, default_callback  # noqa: E402
+from .guardrail import AktoGuardrail  # noqa: E402
+
+__all__ = ["AktoGuardrail", "AktoLogger", "ConfigError", "UnsupportedLiteLLM"]
 
 
 def __getattr__(name: str) -> Any:

@@ -124,6 +124,16 @@ def test_unknown_on_flagged_names_key_env_and_allowed_values() -> None:
     assert "got 'observe'" in message
 
 
+@pytest.mark.parametrize("source", ["config", "env"])
+def test_on_flagged_mask_is_refused_naming_what_is_accepted(source: str) -> None:
+    # LiteLLM 1.109+ accepts on_flagged: mask for any guardrail and hands it on to ours.
+    params, env = ({"on_flagged": "mask"}, {}) if source == "config" else ({}, {"AKTO_ON_FLAGGED": "mask"})
+    message = config_error(HookSettings, params, env)
+    assert "on_flagged (env AKTO_ON_FLAGGED): 'mask' is not a mode of the Akto guardrail" in message
+    assert "accepted: block, monitor" in message
+    assert "got 'mask'" in message
+
+
 def test_unknown_on_flagged_from_env_is_rejected_too() -> None:
     message = config_error(HookSettings, {}, {"AKTO_ON_FLAGGED": "BLOCKING"})
     assert "on_flagged (env AKTO_ON_FLAGGED)" in message

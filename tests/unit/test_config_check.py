@@ -35,6 +35,7 @@ def test_the_shipped_configs_pass() -> None:
         ("guardrail_timeout: 0.5", "guardrail_timeout: 0.5 is not a whole number of seconds"),
         ("file_guardrail_timeout: abc", "file_guardrail_timeout: 'abc' is not a whole number of seconds"),
         # The guardrail's own checks.
+        ("on_flagged: mask", "on_flagged (env AKTO_ON_FLAGGED): 'mask' is not a mode of the Akto guardrail"),
         ("check_response: maybe", "check_response (env AKTO_CHECK_RESPONSE): Input should be a valid boolean"),
         ("file_guardrails: maybe", "file_guardrails (env AKTO_FILE_GUARDRAILS): Input should be a valid boolean"),
         ("guardrail_timeout: -1", "guardrail_timeout: Input should be greater than 0"),
