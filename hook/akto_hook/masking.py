@@ -248,17 +248,18 @@ class MaskedCalls:
         self._calls: OrderedDict[str, tuple[list[str], list[Change]]] = OrderedDict()
         self._size = size
 
-    def remember(self, call_id: str, side: str, found: Iterable[Change] = ()) -> None:
-        sides, changes = self._calls.setdefault(call_id, ([], []))
+    def remember(self, key: str, side: str, found: Iterable[Change] = ()) -> None:
+        """Note what was masked of call ``key`` (``calls.key_of``)."""
+        sides, changes = self._calls.setdefault(key, ([], []))
         if side not in sides:
             sides.append(side)
         changes.extend(found)
         if len(self._calls) > self._size:
             self._calls.popitem(last=False)
 
-    def applied(self, record: Record) -> Record:
-        """``record`` with its call's request changes applied to its request body."""
-        _, changes = self._calls.get(record.id, ((), []))
+    def applied(self, record: Record, key: str) -> Record:
+        """``record`` with call ``key``'s request changes applied to its request body."""
+        _, changes = self._calls.get(key, ((), []))
         if not changes:
             return record
         body = copy.deepcopy(record.request_body)
@@ -267,10 +268,10 @@ class MaskedCalls:
             _replace(body, change)
         return record.model_copy(update={"request_body": body})
 
-    def tagged(self, record: Record) -> Record:
+    def tagged(self, record: Record, key: str) -> Record:
         """:meth:`applied`, with ``masked`` (the sides) in the metadata; the call is then forgotten."""
-        record = self.applied(record)
-        sides, _ = self._calls.pop(record.id, ([], []))
+        record = self.applied(record, key)
+        sides, _ = self._calls.pop(key, ([], []))
         if not sides:
             return record
         return record.model_copy(update={"metadata": {**record.metadata, "masked": ",".join(sides)}})

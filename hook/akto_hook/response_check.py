@@ -33,7 +33,7 @@ from akto_ingest.errors import RecordTooLarge
 from akto_ingest.record import Record
 from akto_ingest.wire import Verdict, encode, envelope
 
-from . import capture, masking, metrics
+from . import calls, capture, masking, metrics
 from .check import Failure, ask, blocked_fields, fallback_passes, repaired_envelope
 
 log = logging.getLogger("akto_hook")
@@ -72,7 +72,7 @@ class ResponseCheck:
         client: AktoClient,
         akto: AktoSettings,
         settings: HookSettings,
-        blocked: Callable[[Record], Awaitable[None]],
+        blocked: Callable[[Record, str], Awaitable[None]],
         masks: masking.MaskedCalls,
     ) -> None:
         self._client = client
@@ -154,7 +154,8 @@ class ResponseCheck:
     async def _verdict(self, data: dict[str, Any], body: dict[str, Any]) -> list[masking.Change]:
         """Ask Akto about ``body``; the changes its mask makes (none when it allows), or
         :class:`Refused`. A block writes the blocked record."""
-        record = self._masks.applied(capture.from_request(data, "block")).model_copy(update={"response_body": body})
+        record = self._masks.applied(capture.from_request(data, "block"), calls.key_of(data))
+        record = record.model_copy(update={"response_body": body})
         try:
             encoded = _encoded(record, self._akto)
         except RecordTooLarge as exc:
@@ -206,13 +207,12 @@ class ResponseCheck:
                 verdict.rule,
                 verdict.severity or "-",
             )
-        await self._blocked(record.model_copy(update=update))
+        await self._blocked(record.model_copy(update=update), calls.key_of(data))
 
     def _masked(self, data: dict[str, Any]) -> None:
-        call_id = str(data.get("litellm_call_id"))
         metrics.MASKED.labels("response").inc()
-        self._masks.remember(call_id, "response")
-        log.info("akto masked the response call_id=%s", call_id)
+        self._masks.remember(calls.key_of(data), "response")
+        log.info("akto masked the response call_id=%s", data.get("litellm_call_id"))
 
 
 def _encoded(record: Record, akto: AktoSettings) -> bytes:
