@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,6 @@ from .response_check import ResponseCheck
 from .spool import default_dir
 
 log = logging.getLogger("akto_hook")
-
-# Calls blocked here (by their ``calls`` key); LiteLLM then reports the same call as a failure, which
-# must not become a second record. Bounded so it cannot grow with traffic.
-BLOCKED_MEMORY = 10_000
 
 
 def _litellm_default(field: str) -> Any:
@@ -100,12 +95,14 @@ class AktoGuardrail(CustomGuardrail):
             Path(self.settings.spool_dir) if self.settings.spool_dir else default_dir(self.queue.queue_name),
             self.settings.spool_max_bytes,
         )
-        # Per-call state, keyed by ``calls.key_of`` (never by the call id a client can set).
-        self._blocked: OrderedDict[str, None] = OrderedDict()
+        # Per-call state (``calls.py``: by a key the client cannot choose, kept while the call lasts).
+        # Calls blocked here: LiteLLM then reports the same call as a failure, which must not become
+        # a second record.
+        self._blocked: calls.PerCall[None] = calls.PerCall()
         # during_call: checks in flight (the LLM may finish first), and calls whose LLM output was
         # discarded by a block or a fail-closed fallback.
-        self._checking: dict[str, asyncio.Future[bool]] = {}
-        self._discarded: OrderedDict[str, None] = OrderedDict()
+        self._checking: calls.PerCall[asyncio.Future[bool]] = calls.PerCall()
+        self._discarded: calls.PerCall[None] = calls.PerCall()
         self._masks = masking.MaskedCalls()
         self._responses = ResponseCheck(self._akto, self.akto, self.settings, self._record_refused, self._masks)
         log.info(
@@ -193,9 +190,9 @@ class AktoGuardrail(CustomGuardrail):
             passed = key not in self._blocked
             raise
         finally:
-            self._checking.pop(key, None)
+            self._checking.pop(key)
             if not passed:
-                self._discard(key)
+                self._discarded[key] = None
             settled.set_result(passed)
         return data
 
@@ -227,7 +224,7 @@ class AktoGuardrail(CustomGuardrail):
         if decision.blocks:
             metrics.BLOCKED.inc()
             metrics.count_violation("blocked", verdict)
-            self._remember_blocked(calls.key_of(data))
+            self._blocked[calls.key_of(data)] = None
             log.info(
                 "akto blocked call_id=%s reason=%r policy=%r rule=%r severity=%s",
                 record.id,
@@ -286,7 +283,7 @@ class AktoGuardrail(CustomGuardrail):
             )
         except masking.Unmappable as exc:
             metrics.BLOCKED.inc()
-            self._remember_blocked(calls.key_of(data))
+            self._blocked[calls.key_of(data)] = None
             refused = dataclasses.replace(decision.verdict, reason=str(exc))
             metrics.count_violation("blocked", refused)
             log.info(
@@ -321,11 +318,11 @@ class AktoGuardrail(CustomGuardrail):
         async for chunk in chunks:
             yield chunk
 
-    async def _record_refused(self, record: Record, key: str) -> None:
+    async def _record_refused(self, record: Record, key: calls.Key) -> None:
         """The one record of a call whose response was refused: LiteLLM's own success or failure
         record of it is dropped."""
-        self._remember_blocked(key)
-        self._discard(key)
+        self._blocked[key] = None
+        self._discarded[key] = None
         await self._enqueuer.put(self._masks.tagged(record, key))
 
     def _unreachable(self, call_id: str, failure: Failure, data: dict[str, Any]) -> dict[str, Any]:
@@ -342,16 +339,6 @@ class AktoGuardrail(CustomGuardrail):
         raise HTTPException(
             status_code=status, detail=f"Akto guardrail could not check this request: {failure.message}"
         )
-
-    def _remember_blocked(self, key: str) -> None:
-        self._blocked[key] = None
-        if len(self._blocked) > BLOCKED_MEMORY:
-            self._blocked.popitem(last=False)
-
-    def _discard(self, key: str) -> None:
-        self._discarded[key] = None
-        if len(self._discarded) > BLOCKED_MEMORY:
-            self._discarded.popitem(last=False)
 
     def _wants(self, kwargs: Mapping[str, Any]) -> bool:
         if self.default_on:
@@ -376,7 +363,7 @@ class AktoGuardrail(CustomGuardrail):
             # during_call: the LLM answered before Akto; the verdict decides whether this is a record.
             await asyncio.shield(pending)
         if key in self._discarded:
-            self._discarded.pop(key, None)
+            self._discarded.pop(key)
             return
         if self._wants(kwargs):
             await self._record(lambda: capture.from_success(kwargs, response_obj, self.settings.on_flagged), kwargs)
@@ -386,7 +373,7 @@ class AktoGuardrail(CustomGuardrail):
         blocked already has its record."""
         key = calls.logged_key(kwargs)
         if key in self._blocked:
-            self._blocked.pop(key, None)
+            self._blocked.pop(key)
             return
         if mcp.is_mcp(mcp.call_type_of(kwargs)):
             await self._record_mcp(lambda: mcp.from_failure(kwargs, self._mcp_mode()), kwargs)

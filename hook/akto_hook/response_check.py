@@ -72,7 +72,7 @@ class ResponseCheck:
         client: AktoClient,
         akto: AktoSettings,
         settings: HookSettings,
-        blocked: Callable[[Record, str], Awaitable[None]],
+        blocked: Callable[[Record, calls.Key], Awaitable[None]],
         masks: masking.MaskedCalls,
     ) -> None:
         self._client = client

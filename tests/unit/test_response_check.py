@@ -55,7 +55,7 @@ async def close_clients() -> AsyncIterator[None]:
 def checker(akto: FakeAkto, blocked: list[Record], **settings: Any) -> ResponseCheck:
     hook = HookSettings.load({"check_response": True, **settings}, env={})
 
-    async def record(record: Record, key: str) -> None:
+    async def record(record: Record, key: object) -> None:
         blocked.append(record)
 
     settings_ = akto_settings(akto.url)
