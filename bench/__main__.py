@@ -1,6 +1,6 @@
 """``python -m bench``: run the benchmark sections, print one table, write BENCHMARKS.md.
 
-python -m bench [--quick] [--only hook|e2e|worker|memory ...] [--no-profile] [--out PATH]
+python -m bench [--quick] [--only hook|e2e|worker|memory|soak ...] [--no-profile] [--out PATH]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tests.stack import REPO
 
-from . import capacity, e2e, hook, memory, procfs, report, worker
+from . import capacity, e2e, hook, memory, procfs, report, soak, worker
 from .context import Bench
 
 SECTIONS: dict[str, Callable[[Bench], report.Section]] = {
@@ -24,10 +24,11 @@ SECTIONS: dict[str, Callable[[Bench], report.Section]] = {
     "worker": worker.run,
     "e2e": e2e.run,
     "memory": memory.run,
+    "soak": soak.run,
     "capacity": capacity.run,
 }
 # The report lists them in this order.
-ORDER = ("e2e", "hook", "worker", "memory", "capacity")
+ORDER = ("e2e", "hook", "worker", "memory", "soak", "capacity")
 
 
 class MachineLoad:

@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from akto_ingest.config import GUARDRAIL_KEYS, AktoSettings, HookSettings, OnFla
 from akto_ingest.errors import ConfigError
 from akto_ingest.record import Record
 
-from . import capture, masking, mcp, metrics, reporting, views
+from . import calls, capture, masking, mcp, metrics, reporting, views
 from .check import Decision, Failure, InlineCheck, blocked_fields, fallback_passes
 from .enqueue import Enqueuer
 from .file_check import FileCheck, with_files
@@ -36,10 +35,6 @@ from .response_check import ResponseCheck
 from .spool import default_dir
 
 log = logging.getLogger("akto_hook")
-
-# Call ids blocked here; LiteLLM then reports the same call as a failure, which must not become a
-# second record. Bounded so it cannot grow with traffic.
-BLOCKED_MEMORY = 10_000
 
 
 def _litellm_default(field: str) -> Any:
@@ -101,11 +96,14 @@ class AktoGuardrail(CustomGuardrail):
             self.settings.spool_max_bytes,
             redis_timeout=self.queue.redis_timeout,
         )
-        self._blocked: OrderedDict[str, None] = OrderedDict()
+        # Per-call state (``calls.py``: by a key the client cannot choose, kept while the call lasts).
+        # Calls blocked here: LiteLLM then reports the same call as a failure, which must not become
+        # a second record.
+        self._blocked: calls.PerCall[None] = calls.PerCall()
         # during_call: checks in flight (the LLM may finish first), and calls whose LLM output was
         # discarded by a block or a fail-closed fallback.
-        self._checking: dict[str, asyncio.Future[bool]] = {}
-        self._discarded: OrderedDict[str, None] = OrderedDict()
+        self._checking: calls.PerCall[asyncio.Future[bool]] = calls.PerCall()
+        self._discarded: calls.PerCall[None] = calls.PerCall()
         self._masks = masking.MaskedCalls()
         self._responses = ResponseCheck(self._akto, self.akto, self.settings, self._record_refused, self._masks)
         log.info(
@@ -180,9 +178,9 @@ class AktoGuardrail(CustomGuardrail):
             return data
         if not self.should_run_guardrail(data=data, event_type=GuardrailEventHooks.during_call):
             return data
-        call_id = str(data.get("litellm_call_id"))
+        key = calls.key_of(data)
         settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._checking[call_id] = settled
+        self._checking[key] = settled
         passed = False
         try:
             await self._checked(data, during_call=True)
@@ -190,15 +188,16 @@ class AktoGuardrail(CustomGuardrail):
         except asyncio.CancelledError:
             # LiteLLM cancels the check when the client leaves or the LLM call fails. Unless it had
             # already blocked (and written the blocked record), the LLM's own record is the call's one.
-            passed = call_id not in self._blocked
+            passed = key not in self._blocked
             raise
         finally:
-            self._checking.pop(call_id, None)
-            if not passed:
-                self._discarded[call_id] = None
-                if len(self._discarded) > BLOCKED_MEMORY:
-                    self._discarded.popitem(last=False)
-            settled.set_result(passed)
+            # The success log may be waiting on ``settled``: it is answered whatever happens here.
+            try:
+                self._checking.pop(key)
+                if not passed:
+                    self._discarded[key] = None
+            finally:
+                settled.set_result(passed)
         return data
 
     async def _checked(
@@ -234,7 +233,7 @@ class AktoGuardrail(CustomGuardrail):
         if decision.blocks:
             metrics.BLOCKED.inc()
             metrics.count_violation("blocked", verdict)
-            self._remember_blocked(record.id)
+            self._blocked[calls.key_of(data)] = None
             log.info(
                 "akto blocked call_id=%s reason=%r policy=%r rule=%r severity=%s",
                 record.id,
@@ -293,7 +292,7 @@ class AktoGuardrail(CustomGuardrail):
             )
         except masking.Unmappable as exc:
             metrics.BLOCKED.inc()
-            self._remember_blocked(record.id)
+            self._blocked[calls.key_of(data)] = None
             refused = dataclasses.replace(decision.verdict, reason=str(exc))
             metrics.count_violation("blocked", refused)
             log.info(
@@ -308,7 +307,7 @@ class AktoGuardrail(CustomGuardrail):
             await self._enqueuer.put(masking.refused_record(record, decision, str(exc), during_call=during_call))
             raise HTTPException(status_code=400, detail=str(exc)) from None
         metrics.MASKED.labels("request").inc()
-        self._masks.remember(record.id, "request", found)
+        self._masks.remember(calls.key_of(data), "request", found)
         log.info("akto masked call_id=%s", record.id)
         return masked
 
@@ -328,14 +327,12 @@ class AktoGuardrail(CustomGuardrail):
         async for chunk in chunks:
             yield chunk
 
-    async def _record_refused(self, record: Record) -> None:
+    async def _record_refused(self, record: Record, key: calls.Key) -> None:
         """The one record of a call whose response was refused: LiteLLM's own success or failure
         record of it is dropped."""
-        self._remember_blocked(record.id)
-        self._discarded[record.id] = None
-        if len(self._discarded) > BLOCKED_MEMORY:
-            self._discarded.popitem(last=False)
-        await self._enqueuer.put(self._masks.tagged(record))
+        self._blocked[key] = None
+        self._discarded[key] = None
+        await self._enqueuer.put(self._masks.tagged(record, key))
 
     def _unreachable(self, call_id: str, failure: Failure, data: dict[str, Any]) -> dict[str, Any]:
         """Akto gave no verdict (unreachable, an error, an unreadable body, its own fail-open)."""
@@ -351,11 +348,6 @@ class AktoGuardrail(CustomGuardrail):
         raise HTTPException(
             status_code=status, detail=f"Akto guardrail could not check this request: {failure.message}"
         )
-
-    def _remember_blocked(self, call_id: str) -> None:
-        self._blocked[call_id] = None
-        if len(self._blocked) > BLOCKED_MEMORY:
-            self._blocked.popitem(last=False)
 
     def _wants(self, kwargs: Mapping[str, Any]) -> bool:
         if self.default_on:
@@ -374,15 +366,15 @@ class AktoGuardrail(CustomGuardrail):
         if mcp.is_mcp(mcp.call_type_of(kwargs)):
             await self._record_mcp(lambda: mcp.from_success(kwargs, response_obj, self._mcp_mode()), kwargs)
             return
-        call_id = kwargs.get("litellm_call_id")
-        pending = self._checking.get(call_id)
+        key = calls.logged_key(kwargs)
+        pending = self._checking.get(key)
         if pending is not None:
             # during_call: the LLM answered before Akto; the verdict decides whether this is a record.
             await asyncio.shield(pending)
         # A stream's response check may still be running: its refusal drops this record.
-        await self._responses.settled(call_id)
-        if call_id in self._discarded:
-            self._discarded.pop(call_id, None)
+        await self._responses.settled(key)
+        if key in self._discarded:
+            self._discarded.pop(key)
             return
         if self._wants(kwargs):
             await self._record(lambda: capture.from_success(kwargs, response_obj, self.settings.on_flagged), kwargs)
@@ -390,9 +382,9 @@ class AktoGuardrail(CustomGuardrail):
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """A call that failed at the LLM is recorded with its error status; a call this guardrail
         blocked already has its record."""
-        call_id = kwargs.get("litellm_call_id")
-        if call_id in self._blocked:
-            self._blocked.pop(call_id, None)
+        key = calls.logged_key(kwargs)
+        if key in self._blocked:
+            self._blocked.pop(key)
             return
         if mcp.is_mcp(mcp.call_type_of(kwargs)):
             await self._record_mcp(lambda: mcp.from_failure(kwargs, self._mcp_mode()), kwargs)
@@ -412,7 +404,7 @@ class AktoGuardrail(CustomGuardrail):
         record = capture.built_or_logged(build, kwargs)
         if record is None:
             return
-        await self._enqueuer.put(self._masks.tagged(record))
+        await self._enqueuer.put(self._masks.tagged(record, calls.logged_key(kwargs)))
 
 
 __all__ = ["AktoGuardrail", "ConfigError"]

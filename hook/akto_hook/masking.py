@@ -22,7 +22,6 @@ non-text blocks), is unmappable.
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,13 +30,14 @@ import orjson
 
 from akto_ingest.record import Record
 
+from . import calls
 from .check import Decision, Mask, blocked_fields
 
 Path = tuple[str | int, ...]
 
-# Call ids whose record must say it was masked, until LiteLLM logs the call. Bounded like the
-# guardrail's memory of blocked calls.
-MEMORY = 10_000
+# Calls known by their call id alone (no logging object, see ``calls.py``) whose masks are kept until
+# LiteLLM logs the call; the others' go with the call.
+MEMORY = calls.BY_ID_MEMORY
 
 
 class Unmappable(Exception):
@@ -245,20 +245,19 @@ class MaskedCalls:
     """
 
     def __init__(self, size: int = MEMORY) -> None:
-        self._calls: OrderedDict[str, tuple[list[str], list[Change]]] = OrderedDict()
-        self._size = size
+        self._calls: calls.PerCall[tuple[list[str], list[Change]]] = calls.PerCall(size)
 
-    def remember(self, call_id: str, side: str, found: Iterable[Change] = ()) -> None:
-        sides, changes = self._calls.setdefault(call_id, ([], []))
+    def remember(self, key: calls.Key, side: str, found: Iterable[Change] = ()) -> None:
+        """Note what was masked of call ``key`` (``calls.key_of``)."""
+        sides, changes = self._calls.get(key) or ([], [])
+        self._calls[key] = (sides, changes)
         if side not in sides:
             sides.append(side)
         changes.extend(found)
-        if len(self._calls) > self._size:
-            self._calls.popitem(last=False)
 
-    def applied(self, record: Record) -> Record:
-        """``record`` with its call's request changes applied to its request body."""
-        _, changes = self._calls.get(record.id, ((), []))
+    def applied(self, record: Record, key: calls.Key) -> Record:
+        """``record`` with call ``key``'s request changes applied to its request body."""
+        _, changes = self._calls.get(key) or ((), [])
         if not changes:
             return record
         body = copy.deepcopy(record.request_body)
@@ -267,10 +266,10 @@ class MaskedCalls:
             _replace(body, change)
         return record.model_copy(update={"request_body": body})
 
-    def tagged(self, record: Record) -> Record:
+    def tagged(self, record: Record, key: calls.Key) -> Record:
         """:meth:`applied`, with ``masked`` (the sides) in the metadata; the call is then forgotten."""
-        record = self.applied(record)
-        sides, _ = self._calls.pop(record.id, ([], []))
+        record = self.applied(record, key)
+        sides, _ = self._calls.pop(key) or ([], [])
         if not sides:
             return record
         return record.model_copy(update={"metadata": {**record.metadata, "masked": ",".join(sides)}})

@@ -39,7 +39,7 @@ from akto_ingest.errors import RecordTooLarge
 from akto_ingest.record import Record
 from akto_ingest.wire import Verdict, encode, envelope
 
-from . import capture, masking, metrics
+from . import calls, capture, masking, metrics
 from .check import Failure, ask, blocked_fields, fallback_passes, repaired_envelope
 
 log = logging.getLogger("akto_hook")
@@ -78,7 +78,7 @@ class ResponseCheck:
         client: AktoClient,
         akto: AktoSettings,
         settings: HookSettings,
-        blocked: Callable[[Record], Awaitable[None]],
+        blocked: Callable[[Record, calls.Key], Awaitable[None]],
         masks: masking.MaskedCalls,
     ) -> None:
         self._client = client
@@ -88,7 +88,8 @@ class ResponseCheck:
         self._masks = masks
         # End-of-stream checks in progress, by call id: LiteLLM may log such a call's success before
         # the check is done (on /v1/completions it does not wait for the guardrails).
-        self._checking: dict[str, asyncio.Future[None]] = {}
+        # Streams whose end-of-stream check is running, by the call's key (``calls.py``).
+        self._checking: calls.PerCall[asyncio.Future[None]] = calls.PerCall()
 
     @property
     def enabled(self) -> bool:
@@ -150,20 +151,20 @@ class ResponseCheck:
         for held in terminal:
             yield held
 
-    async def settled(self, call_id: Any) -> None:
-        """Return once the end-of-stream check of ``call_id`` (if one runs) is done, so a success record
-        LiteLLM logs before it knows of a refusal can be dropped. Shielded: a cancelled caller stops
-        waiting alone."""
-        pending = self._checking.get(call_id)
+    async def settled(self, key: calls.Key) -> None:
+        """Return once the end-of-stream check of the call ``key`` names (if one runs) is done, so a
+        success record LiteLLM logs before it knows of a refusal can be dropped. Shielded: a cancelled
+        caller stops waiting alone."""
+        pending = self._checking.get(key)
         if pending is not None:
             await asyncio.shield(pending)
 
     async def _check_stream(self, data: dict[str, Any], said: _Assembled) -> None:
         # Registered before the first await: LiteLLM's success logging of the stream is a task that
         # starts once the stream has ended, so it finds the check in progress.
-        call_id = str(data.get("litellm_call_id"))
+        key = calls.key_of(data)
         settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._checking[call_id] = settled
+        self._checking[key] = settled
         try:
             body = said.body(data.get("model"))
             try:
@@ -176,14 +177,15 @@ class ResponseCheck:
                 await self._refuse(data, body, STREAM_MASK_REASON)
                 raise StreamRefused(STREAM_MASK_REASON, 400)
         finally:
-            if self._checking.get(call_id) is settled:
-                del self._checking[call_id]
             settled.set_result(None)
+            if self._checking.get(key) is settled:
+                self._checking.pop(key)
 
     async def _verdict(self, data: dict[str, Any], body: dict[str, Any]) -> list[masking.Change]:
         """Ask Akto about ``body``; the changes its mask makes (none when it allows), or
         :class:`Refused`. A block writes the blocked record."""
-        record = self._masks.applied(capture.from_request(data, "block")).model_copy(update={"response_body": body})
+        record = self._masks.applied(capture.from_request(data, "block"), calls.key_of(data))
+        record = record.model_copy(update={"response_body": body})
         try:
             encoded = _encoded(record, self._akto)
         except RecordTooLarge as exc:
@@ -235,13 +237,12 @@ class ResponseCheck:
                 verdict.rule,
                 verdict.severity or "-",
             )
-        await self._blocked(record.model_copy(update=update))
+        await self._blocked(record.model_copy(update=update), calls.key_of(data))
 
     def _masked(self, data: dict[str, Any]) -> None:
-        call_id = str(data.get("litellm_call_id"))
         metrics.MASKED.labels("response").inc()
-        self._masks.remember(call_id, "response")
-        log.info("akto masked the response call_id=%s", call_id)
+        self._masks.remember(calls.key_of(data), "response")
+        log.info("akto masked the response call_id=%s", data.get("litellm_call_id"))
 
 
 def _encoded(record: Record, akto: AktoSettings) -> bytes:

@@ -195,17 +195,18 @@ def test_blocked_record_keeps_akto_masked_body() -> None:
 def test_masked_calls_apply_and_tag_the_record_once() -> None:
     calls = masking.MaskedCalls(size=2)
     body = {"model": "m", "messages": [{"role": "user", "content": f"card {CARD}"}]}
-    calls.remember("c1", "request", masking.request_changes(body, [akto_mask(body)], split=False))
-    calls.remember("c1", "response")
+    calls.remember("k1", "request", masking.request_changes(body, [akto_mask(body)], split=False))
+    calls.remember("k1", "response")
     record = Record(id="c1", mode="block", request_body=body)
-    assert calls.applied(record).request_body["messages"][0]["content"] == "card [CARD]"
-    tagged = calls.tagged(record)
+    assert calls.applied(record, "k1").request_body["messages"][0]["content"] == "card [CARD]"
+    assert calls.applied(record, "k2") == record, "kept by the key the hook made, not by the call id"
+    tagged = calls.tagged(record, "k1")
     assert tagged.metadata["masked"] == "request,response"
     assert tagged.request_body["messages"][0]["content"] == "card [CARD]"
-    assert calls.tagged(record) == record, "forgotten once its record is made"
+    assert calls.tagged(record, "k1") == record, "forgotten once its record is made"
     for call in ("a", "b", "c"):
         calls.remember(call, "request")
-    assert calls.tagged(Record(id="a", mode="block")).metadata == {}, "bounded"
+    assert calls.tagged(Record(id="a", mode="block"), "a").metadata == {}, "bounded"
 
 
 def test_a_refused_mask_keeps_akto_policy_rule_and_severity_in_its_record() -> None:

@@ -98,6 +98,12 @@ def log_kwargs(text: str = "hi", **extra: Any) -> dict[str, Any]:
     }
 
 
+def logged(data: dict[str, Any], text: str = "hi", **extra: Any) -> dict[str, Any]:
+    """:func:`log_kwargs` of the call whose pre-call ``data`` is given: LiteLLM logs it from that
+    request's logger, whose details carry what the hooks left there."""
+    return {**data["litellm_logging_obj"].model_call_details, **log_kwargs(text, **extra)}
+
+
 def result(text: str = "hi") -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content={"result": text})
 
@@ -235,12 +241,13 @@ async def test_a_flagged_tool_call_is_blocked_and_recorded_once(
     guard_for: Callable[..., Awaitable[AktoGuardrail]], fake_akto: FakeAkto, real_redis: Redis, queue_name: str
 ) -> None:
     guard = await guard_for(BLOCK_MODE)
+    data = pre_call_data(INJECTION)
     with pytest.raises(HTTPException) as blocked:
-        await guard.async_pre_call_hook(None, None, pre_call_data(INJECTION), "call_mcp_tool")
+        await guard.async_pre_call_hook(None, None, data, "call_mcp_tool")
     assert (blocked.value.status_code, blocked.value.detail) == (400, "Prompt injection detected")
     assert fake_akto.records[0].body["path"] == "/mcp"
-    # LiteLLM then logs the refused call as a failure under the same call id.
-    await guard.async_log_failure_event(log_kwargs(INJECTION, exception=blocked.value), None, None, None)
+    # LiteLLM then logs the refused call as a failure, from the same request's logger.
+    await guard.async_log_failure_event(logged(data, INJECTION, exception=blocked.value), None, None, None)
     (record,) = await queued(real_redis, queue_name)
     assert (record.id, record.path, record.status_code) == (CALL_ID, "/mcp", 400)
     assert record.blocked_reason == "Prompt injection detected"
@@ -266,11 +273,12 @@ async def test_a_masked_tool_call_is_refused_never_passed_unmasked_and_recorded_
     # Masks cannot be mapped onto a tool's arguments here, so the call must not run as it was.
     guard = await guard_for(BLOCK_MODE)
     fake_akto.configure(masks={"4111-1111": "[CARD]"})
+    data = pre_call_data("card 4111-1111")
     with pytest.raises(HTTPException) as refused:
-        await guard.async_pre_call_hook(None, None, pre_call_data("card 4111-1111"), "call_mcp_tool")
+        await guard.async_pre_call_hook(None, None, data, "call_mcp_tool")
     assert refused.value.status_code == 400
     assert "Akto masked this request, and the mask cannot be applied" in str(refused.value.detail)
-    await guard.async_log_failure_event(log_kwargs("card 4111-1111", exception=refused.value), None, None, None)
+    await guard.async_log_failure_event(logged(data, "card 4111-1111", exception=refused.value), None, None, None)
     (record,) = await queued(real_redis, queue_name)
     assert (record.id, record.path, record.status_code) == (CALL_ID, "/mcp", 400)
     assert "4111-1111" not in record.to_json()

@@ -29,7 +29,7 @@ from litellm.types.utils import (
 )
 from pydantic import BaseModel
 
-from akto_hook import masking, metrics
+from akto_hook import calls, masking, metrics
 from akto_hook.response_check import ResponseCheck, StreamRefused
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import HookSettings
@@ -58,7 +58,7 @@ async def close_clients() -> AsyncIterator[None]:
 def checker(akto: FakeAkto, blocked: list[Record], **settings: Any) -> ResponseCheck:
     hook = HookSettings.load({"check_response": True, **settings}, env={})
 
-    async def record(record: Record) -> None:
+    async def record(record: Record, key: object) -> None:
         blocked.append(record)
 
     settings_ = akto_settings(akto.url)
@@ -517,7 +517,7 @@ async def test_a_success_logged_while_a_stream_is_checked_waits_for_the_check(fa
     task = asyncio.create_task(consume())
     await asyncio.sleep(0.1)
     assert not task.done() and blocked == [], "the check is in flight"
-    await asyncio.wait_for(check.settled(DATA["litellm_call_id"]), 2)
+    await asyncio.wait_for(check.settled(calls.key_of(DATA)), 2)
     assert [r.blocked_reason for r in blocked] == ["PII detected"], "the refusal is known once settled returns"
     await task
-    await check.settled(DATA["litellm_call_id"])  # nothing in flight: returns at once
+    await check.settled(calls.key_of(DATA))  # nothing in flight: returns at once
