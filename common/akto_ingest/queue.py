@@ -93,13 +93,16 @@ return #items
 """
 # The same match in Python, for jobs made outside the script. Records are compact JSON with
 # ``created_ms`` fourth, after ``v``, ``id`` and ``mode``: its first match is the record's own, never
-# a key of the request or response bodies further on.
-_CREATED_MS = re.compile(rb'"created_ms":(\d+)')
+# a key of the request or response bodies further on. At most 15 digits (epoch ms until the year
+# 33658): an entry with more is not a record this hook wrote, and int() refuses past 4,300 digits.
+_CREATED_MS = re.compile(r'"created_ms":(\d{1,15})(?!\d)')
+MIN_CREATED_MS = 0
+MAX_CREATED_MS = 10**15 - 1
 
 
 def oldest_created_ms(records: list[str], default: int) -> int:
     """The capture time of the oldest of ``records`` (JSON lines), or ``default`` when none says."""
-    found = (int(m.group(1)) for line in records if (m := _CREATED_MS.search(line.encode())))
+    found = (int(m.group(1)) for line in records if (m := _CREATED_MS.search(line)))
     return min(found, default=default)
 
 
@@ -215,7 +218,9 @@ def encode_job(job: dict[str, Any]) -> bytes:
 
 
 def decode_job(raw: bytes) -> dict[str, Any]:
-    """arq's job deserializer. Never raises: a job that is not ours becomes a dead-letter call."""
+    """arq's job deserializer. Never raises: a job this worker cannot run as it is (not JSON, not one
+    of our functions, or not the arguments this version takes, as during a rolling deploy of two
+    versions) becomes a ``dead_letter_job`` call, so its raw bytes land in the dead-letter store."""
     try:
         try:
             job = orjson.loads(raw)
@@ -224,18 +229,76 @@ def decode_job(raw: bytes) -> dict[str, Any]:
             # not UTF-8 would make its whole batch one undecodable dead letter. Its bad bytes become
             # U+FFFD (as the spool's replay does), and every other record of the batch goes on.
             job = orjson.loads(raw.decode(errors="replace"))
-        if isinstance(job, dict) and job.get("f") in JOB_FUNCTIONS and isinstance(job.get("a"), list):
-            job.setdefault("k", {})
-            job.setdefault("t", 1)
-            job.setdefault("et", now_ms())
-            return job
-        reason = "job is JSON but not an Akto ingest job"
     except orjson.JSONDecodeError:
-        reason = "job is not JSON (a pickled or corrupt payload); it was not executed"
-    return {
-        "f": DEAD_LETTER_FUNCTION,
-        "a": [base64.b64encode(raw).decode(), reason],
-        "k": {},
-        "t": 1,
-        "et": now_ms(),
-    }
+        return dead_letter_call(raw, "job is not JSON (a pickled or corrupt payload); it was not executed")
+    problem = frame_problem(job)
+    if problem or not isinstance(job, dict):
+        return dead_letter_call(raw, f"{problem}; it was not executed")
+    job.setdefault("k", {})
+    job.setdefault("t", 1)
+    job.setdefault("et", now_ms())
+    return job
+
+
+def dead_letter_call(raw: bytes, reason: str) -> dict[str, Any]:
+    """The job that stores ``raw`` as a dead letter instead of running it."""
+    return {"f": DEAD_LETTER_FUNCTION, "a": [base64.b64encode(raw).decode(), reason], "k": {}, "t": 1, "et": now_ms()}
+
+
+def frame_problem(job: Any) -> str:
+    """Why ``job`` (decoded JSON) is not a call this worker can run as it is; ``""`` when it is."""
+    if not isinstance(job, dict) or job.get("f") not in JOB_FUNCTIONS:
+        return "job is JSON but not an Akto ingest job"
+    name = job["f"]
+    args, kwargs = job.get("a"), job.get("k", {})
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        return f"{name} job has no argument list"
+    if kwargs:
+        return f"{name} takes no keyword arguments; this job has {', '.join(sorted(map(str, kwargs))[:10])}"
+    if not _whole(job.get("t", 0)) or not isinstance(job.get("et", 0), int | float) or isinstance(job.get("et"), bool):
+        return f"{name} job's try count or enqueue time is not a number"
+    if name == DELIVER_FUNCTION:
+        if not (
+            len(args) == 2
+            and isinstance(args[0], list)
+            and all(isinstance(r, str) for r in args[0])
+            and _whole(args[1])
+        ):
+            return f"deliver takes (records: list of text, attempt: integer >= 0); this job has {_shape(args)}"
+        return ""
+    if not (len(args) == 2 and all(isinstance(a, str) for a in args) and _base64(args[0])):
+        return f"dead_letter_job takes (raw job: base64 text, reason: text); this job has {_shape(args)}"
+    return ""
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _base64(text: str) -> bool:
+    try:
+        base64.b64decode(text, validate=True)
+    except ValueError:
+        return False
+    return True
+
+
+def _shape(args: list[Any]) -> str:
+    kinds = ", ".join(type(a).__name__ for a in args[:5]) + (", ..." if len(args) > 5 else "")
+    return f"{len(args)} argument(s) ({kinds})"
+
+
+def job_records(raw: bytes) -> list[str] | None:
+    """The records of a ``deliver`` job this worker could not run (its frame is wrong), so each can be
+    kept on its own; None when ``raw`` holds no list of records."""
+    try:
+        job = orjson.loads(raw.decode(errors="replace"))
+    except orjson.JSONDecodeError:
+        return None
+    if not (isinstance(job, dict) and job.get("f") == DELIVER_FUNCTION):
+        return None
+    args, kwargs = job.get("a"), job.get("k")
+    found = args[0] if isinstance(args, list) and args else kwargs.get("records") if isinstance(kwargs, dict) else None
+    if isinstance(found, list) and found and all(isinstance(r, str) for r in found):
+        return found
+    return None

@@ -8,7 +8,6 @@ letters, Akto) can ever hold one.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -24,16 +23,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticSerializationError
 
+from . import jsonvalue
 from .errors import RecordError
 
 SCHEMA_VERSION = 1
 
 log = logging.getLogger("akto_ingest")
-
-# Lone surrogates are the one thing a Python str can hold that UTF-8 (so JSON) cannot.
-SURROGATE = re.compile("[\ud800-\udfff]")
 
 TEXT_REPAIRED = Counter(
     "akto_text_repaired",
@@ -70,22 +66,11 @@ def strip_credentials(headers: Any) -> dict[str, str]:
     return clean
 
 
-def encodable(value: Any) -> Any:
-    """``value`` as plain JSON data: lone surrogates become U+FFFD (valid pairs are joined into their
-    character), tuples become lists, and anything else JSON has no form for becomes its ``str()``."""
-    if isinstance(value, str):
-        if SURROGATE.search(value) is None:
-            return value
-        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, Mapping):
-        return {encodable(str(key)): encodable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [encodable(item) for item in value]
-    if isinstance(value, BaseModel):
-        return encodable(value.model_dump())
-    return encodable(str(value))
+def encodable(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's fields as plain JSON data that always encodes: each value brought within the limits
+    of ``jsonvalue.py``, with every lone surrogate as U+FFFD (a valid pair is joined into its
+    character). A bounded walk: no depth or width can make it raise."""
+    return {jsonvalue.repair_text(str(key)): jsonvalue.bounded(value, text=True) for key, value in fields.items()}
 
 
 def _count_repair(call_id: str) -> None:
@@ -138,6 +123,13 @@ class Record(BaseModel):
 
     _clean_request_headers = field_validator("request_headers", mode="before")(strip_credentials)
 
+    @field_validator("request_body", "response_body", mode="before")
+    @classmethod
+    def _within_limits(cls, value: Any) -> Any:
+        # Once, where the record is built (the hook) or read (the worker): past this, every encoder and
+        # parser on the record's way takes it (jsonvalue.py). Text is repaired when it is encoded.
+        return jsonvalue.bounded(value) if isinstance(value, Mapping) else value
+
     @field_validator("session_id", mode="before")
     @classmethod
     def _session_as_text(cls, value: Any) -> str | None:
@@ -152,7 +144,7 @@ class Record(BaseModel):
         try:
             record: Record = handler(data)
         except ValidationError as exc:
-            if not any(error["type"] == "string_unicode" for error in exc.errors()):
+            if not (isinstance(data, Mapping) and any(error["type"] == "string_unicode" for error in exc.errors())):
                 raise
             record = handler(encodable(data))
             _count_repair(record.id)
@@ -160,22 +152,23 @@ class Record(BaseModel):
 
     def to_json(self) -> str:
         """The record as queued. Never raises: text JSON cannot hold is repaired (see :meth:`repaired`)."""
+        fields = {k: v for k, v in self.__dict__.items() if v is not None}
         try:
             # The same bytes as model_dump_json(exclude_none=True) in half the CPU, on the
             # proxy's event loop once per request; fields are in declaration order either way.
-            return orjson.dumps({k: v for k, v in self.__dict__.items() if v is not None}, option=_PLAIN_JSON).decode()
+            return orjson.dumps(fields, option=_PLAIN_JSON).decode()
         except TypeError:
             pass
-        try:
-            return self.model_dump_json(exclude_none=True)
-        except PydanticSerializationError:
-            # The slow path runs only for the rare record whose text cannot be encoded as it is.
-            return self.repaired().model_dump_json(exclude_none=True)
+        # The slow path runs only for the rare record whose text cannot be encoded as it is, or a copy
+        # whose bodies were replaced (model_copy does not validate) with values past the limits.
+        # What encodable() returns always encodes.
+        _count_repair(self.id)
+        return orjson.dumps(encodable(fields)).decode()
 
     def repaired(self) -> Record:
         """A copy whose text can always be encoded, with every lone surrogate replaced by U+FFFD and
         values JSON has no form for replaced by their text; logged and counted in ``TEXT_REPAIRED``."""
-        fixed = Record.model_validate(encodable(self.model_dump()))
+        fixed = Record.model_validate(encodable(self.__dict__))
         _count_repair(fixed.id)
         return fixed
 

@@ -348,6 +348,32 @@ async def test_invalid_records_are_dead_lettered_and_the_rest_delivered(
     assert raw_letter.record == not_json
 
 
+POISON = {
+    "deep": '{"v":1,"id":"deep","mode":"monitor","created_ms":7,"request_body":{"x":' + "[" * 3000 + "]" * 3000 + "}}",
+    "deeper_than_orjson": "[" * 2000 + "]" * 2000,
+    "lone_surrogate_escape": '{"v":1,"id":"sur","mode":"block","request_body":{"x":"\\ud800"}}',
+    "huge_created_ms": '{"v":1,"id":"huge","mode":"block","created_ms":' + "9" * 5000 + "}",
+    "not_an_object": "[1, 2, 3]",
+    "empty": "",
+}
+
+
+async def test_poison_entries_cost_only_themselves_each_kept_raw(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory
+) -> None:
+    good = [record_json(id=f"good-{i}") for i in range(3)]
+    outcome = await make_deliverer(fake_akto.url).deliver([good[0], *POISON.values(), good[1], good[2]], 0)
+
+    assert outcome.delivered == 3
+    assert sorted(fake_akto.message_ids()) == ["good-0", "good-1", "good-2"]
+    assert sorted(d.record for d in outcome.dead) == sorted(POISON.values())
+    assert {d.reason for d in outcome.dead} == {"invalid_record"}
+    dead = dead_by_id(outcome)
+    assert dead["deep"].created_ms == 7, "an entry no parser takes still names its id and capture time"
+    assert "sur" in dead and "huge" in dead
+    assert dead["huge"].created_ms is None
+
+
 async def test_record_with_non_object_headers_is_dead_lettered_not_fatal(
     fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory
 ) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import fakeredis
+import orjson
 import pytest
 from arq import Retry
 from arq.constants import job_key_prefix
@@ -268,6 +269,42 @@ async def test_dead_letter_job_stores_raw_text(
     assert letter.detail == "not ours"
     assert letter.id == dlq.dead_letter_id(None, raw)
     assert fake_akto.records == []
+
+
+async def test_a_deliver_job_with_arguments_this_version_does_not_take_keeps_each_record(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, fake_redis: Any
+) -> None:
+    # A newer worker's job (an extra keyword) met by this one: not run, not deleted, and each record
+    # kept on its own, so a replay queues them as records this version delivers.
+    records = [record_json(id="a"), record_json(id="b")]
+    raw = orjson.dumps({"f": "deliver", "a": [records, 0], "k": {"priority": 1}, "t": 1, "et": 1})
+    job = decode_job(raw)
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG))
+
+    assert await jobs.dead_letter_job(ctx, *job["a"]) == {"dead_lettered": 2}
+
+    letters = await dlq.get_many(fake_redis, QUEUE, await dlq.all_ids(fake_redis, QUEUE))
+    assert sorted((d.id, d.record, d.reason) for d in letters) == [
+        ("a", records[0], "unrunnable_job"),
+        ("b", records[1], "unrunnable_job"),
+    ]
+    assert all("takes no keyword arguments" in d.detail for d in letters)
+    assert fake_akto.records == []
+    assert await dlq.replay_all(fake_redis, QUEUE) == 2
+    assert await fake_redis.lrange(f"{QUEUE}:inbox", 0, -1) == [r.encode() for r in records]
+
+
+async def test_a_crash_looping_batch_with_a_record_no_parser_takes_dead_letters_every_record(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, fake_redis: Any
+) -> None:
+    deep = '{"v":1,"id":"deep","mode":"monitor","created_ms":5,"request_body":' + "[" * 3000 + "]" * 3000 + "}"
+    records = [record_json(id="a"), deep]
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG), job_try=jobs.MAX_JOB_RUNS + 1)
+
+    assert await jobs.deliver(ctx, records, 0) == {"dead_lettered": 2}
+
+    letters = await dlq.get_many(fake_redis, QUEUE, await dlq.all_ids(fake_redis, QUEUE))
+    assert sorted((d.id, d.record, d.created_ms) for d in letters)[1] == ("deep", deep, 5)
 
 
 async def test_pickled_job_ends_in_the_dlq_as_base64(

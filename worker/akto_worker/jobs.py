@@ -14,7 +14,7 @@ from arq import Retry
 from redis.exceptions import RedisError
 
 from akto_ingest import dlq, violations
-from akto_ingest.queue import enqueue_batch, job_done
+from akto_ingest.queue import enqueue_batch, job_done, job_records
 
 from . import metrics
 from .deadline import job_limits
@@ -131,15 +131,22 @@ async def _persist(
 
 
 async def dead_letter_job(ctx: dict[str, Any], raw_b64: str, reason: str) -> dict[str, int]:
-    """Store a queue entry that is not one of our JSON jobs, without ever executing it."""
+    """Store a queue entry this worker cannot run (``decode_job`` checked its frame), without ever
+    executing it. A ``deliver`` job with arguments this version does not take keeps each of its records
+    as a dead letter of its own (``unrunnable_job``), so a replay queues them as records; anything else is
+    one dead letter of the whole entry (``undecodable_job``)."""
     raw = base64.b64decode(raw_b64)
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError:
-        text = "base64:" + raw_b64
+    records = job_records(raw)
+    if records is not None:
+        letters = [dead_letter_for(record, reason="unrunnable_job", detail=reason) for record in records]
+    else:
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            text = "base64:" + raw_b64
+        letters = [dlq.make(text, record_id=None, reason="undecodable_job", detail=reason)]
     state: WorkerState = ctx["akto"]
-    letter = dlq.make(text, record_id=None, reason="undecodable_job", detail=reason)
     limits = job_limits(state.config.delivery_timeout)
     deadline = asyncio.get_running_loop().time() + limits.delivery_seconds + limits.persist_seconds
-    await _persist(ctx["redis"], state, [], [letter], 0, deadline)
-    return {"dead_lettered": 1}
+    await _persist(ctx["redis"], state, [], letters, 0, deadline)
+    return {"dead_lettered": len(letters)}
