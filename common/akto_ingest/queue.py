@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from arq.constants import job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 
 from .record import now_ms
@@ -47,7 +47,7 @@ def violations_key(queue: str) -> str:
 
 
 def heartbeat_key(queue: str) -> str:
-    """Hash of worker (host:pid) -> last beat in epoch ms."""
+    """Hash of worker (host:pid) -> last beat in epoch ms (entries pruned by :func:`report`)."""
     return f"{queue}:workers"
 
 
@@ -61,8 +61,37 @@ def born_key(queue: str) -> str:
 
 
 def spool_status_key(queue: str) -> str:
-    """Hash of proxy process (host:pid) -> its spool figures as JSON."""
+    """Hash of proxy process (host:pid) -> its spool figures as JSON, with ``updated_ms`` (entries
+    pruned by :func:`report`)."""
     return f"{queue}:spool"
+
+
+# How long a process that stopped reporting stays listed (marked stale by ``akto-ingest status``
+# after a minute): long enough for an operator to see that it went, short enough that restarts (a
+# new host:pid each) do not grow the hash for ever.
+REPORT_KEEP_MS = 3_600_000
+
+# KEYS: the hash. ARGV: field, value, oldest time kept (ms), ttl ms. A value is a time in ms, or JSON
+# with ``updated_ms``; an entry with neither is not ours and is dropped as well.
+_REPORT_LUA = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local all = redis.call('HGETALL', KEYS[1])
+local oldest = tonumber(ARGV[3])
+for i = 1, #all, 2 do
+  local seen = tonumber(all[i + 1]) or tonumber(string.match(all[i + 1], '"updated_ms":%s*(%d+)'))
+  if seen == nil or seen < oldest then redis.call('HDEL', KEYS[1], all[i]) end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
+async def report(redis: Redis, key: str, owner: str, value: str, now: int | None = None) -> None:
+    """Write one process's entry in a per-process hash (:func:`heartbeat_key`, :func:`spool_status_key`),
+    dropping entries not written for :data:`REPORT_KEEP_MS`; the hash itself expires that long after
+    its last write."""
+    now = now_ms() if now is None else now
+    await redis.eval(_REPORT_LUA, 1, key, owner, value, now - REPORT_KEEP_MS, REPORT_KEEP_MS)  # type: ignore[misc]  # redis-py types sync|async
 
 
 async def push(redis: Redis, queue: str, records_json: list[str]) -> None:
@@ -194,22 +223,39 @@ async def oldest_job_born_ms(redis: Redis, queue: str, look: int = 100) -> int |
 
 @dataclass(frozen=True)
 class Backlog:
-    """What waits: jobs due now, jobs deferred to later (retries), and records not yet claimed."""
+    """What waits, each job counted once: jobs due now and not running, jobs a worker runs now, jobs
+    deferred to later (retries), and records not yet claimed."""
 
     ready_jobs: int
     deferred_jobs: int
     inbox: int
+    running_jobs: int = 0
+
+
+# How many of the jobs due now are checked for arq's in-progress key. arq takes due jobs lowest score
+# first, so the running ones lead the range; a few hundred covers every job all workers can run at
+# once (max_jobs each) while keeping the script short.
+RUNNING_LOOK = 1000
+
+# KEYS: arq queue, inbox. ARGV: now ms, arq's in-progress key prefix, how many due jobs to look at.
+# A running job stays in arq's queue, due, until it ends: counted as running, not also as ready.
+_BACKLOG_LUA = """
+local due = redis.call('ZCOUNT', KEYS[1], '-inf', ARGV[1])
+local running = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))) do
+  running = running + redis.call('EXISTS', ARGV[2] .. id)
+end
+return {due - running, redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf'), redis.call('LLEN', KEYS[2]), running}
+"""
 
 
 async def backlog(redis: Redis, queue: str, now: int | None = None) -> Backlog:
-    """The backlog counts the worker's gauges and ``akto-ingest status`` both report."""
+    """The backlog counts the worker's gauges and ``akto-ingest status`` both report, in one script."""
     now = now_ms() if now is None else now
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcount(queue, "-inf", now)
-        pipe.zcount(queue, f"({now}", "+inf")
-        pipe.llen(inbox_key(queue))
-        ready, deferred, inbox = await pipe.execute()
-    return Backlog(int(ready), int(deferred), int(inbox))
+    ready, deferred, inbox, running = await redis.eval(  # type: ignore[misc]  # redis-py types sync|async
+        _BACKLOG_LUA, 2, queue, inbox_key(queue), now, in_progress_key_prefix, RUNNING_LOOK
+    )
+    return Backlog(int(ready), int(deferred), int(inbox), int(running))
 
 
 def encode_job(job: dict[str, Any]) -> bytes:

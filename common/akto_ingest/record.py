@@ -120,6 +120,8 @@ class Record(BaseModel):
     blocked_policy: str | None = None
     blocked_rule: str | None = None
     blocked_severity: str | None = None
+    # Set by a dead-letter replay (dlq.py): the retention period starts again from here.
+    replayed_ms: int | None = None
 
     _clean_request_headers = field_validator("request_headers", mode="before")(strip_credentials)
 
@@ -149,6 +151,11 @@ class Record(BaseModel):
             record = handler(encodable(data))
             _count_repair(record.id)
         return record
+
+    @property
+    def retained_from_ms(self) -> int:
+        """When this record's retention period started: its capture, or its last replay."""
+        return max(self.created_ms, self.replayed_ms or 0)
 
     def to_json(self) -> str:
         """The record as queued. Never raises: text JSON cannot hold is repaired (see :meth:`repaired`)."""

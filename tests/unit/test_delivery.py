@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
 
+from akto_ingest import dlq
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings
 from akto_ingest.errors import (
@@ -318,6 +319,23 @@ async def test_failing_record_older_than_retention_is_retries_exhausted(
     assert letter.created_ms == old.created_ms
     assert letter.record == old.to_json()
     assert "HTTP 503" in letter.detail
+
+
+async def test_a_replayed_dead_letter_gets_a_fresh_retry_budget(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, make_record: Factory, fake_redis: Any
+) -> None:
+    # A week-long outage: the record ran out of retention and was dead-lettered. Replayed once Akto is
+    # back, it meets one 503: that is its first failure since the replay, so it is retried.
+    old = make_record(id="old", created_ms=now_ms() - 8 * 86_400_000)
+    await dlq.put(fake_redis, "q", [dlq.make(old.to_json(), record_id="old", reason="retries_exhausted")])
+    assert await dlq.replay_all(fake_redis, "q") == 1
+    [replayed] = await fake_redis.lrange("q:inbox", 0, -1)
+    fake_akto.configure(status=503)
+
+    outcome = await make_deliverer(fake_akto.url, retention_seconds=7 * 86_400).deliver([replayed.decode()], 0)
+
+    assert (retry_ids(outcome), outcome.dead) == (["old"], [])
+    assert outcome.retry[0].record.created_ms == old.created_ms, "Akto still gets the capture time"
 
 
 async def test_old_record_that_succeeds_is_delivered_not_expired(

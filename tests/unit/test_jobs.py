@@ -20,7 +20,7 @@ from akto_ingest import dlq, violations
 from akto_ingest.config import WorkerConfig
 from akto_ingest.errors import ConfigError
 from akto_ingest.queue import DEAD_LETTER_FUNCTION, DELIVER_FUNCTION, born_key, decode_job
-from akto_ingest.record import now_ms
+from akto_ingest.record import Record, now_ms
 from akto_worker import jobs
 from akto_worker.deadline import JobLimits, job_limits
 from akto_worker.delivery import Deliverer, Outcome
@@ -291,7 +291,8 @@ async def test_a_deliver_job_with_arguments_this_version_does_not_take_keeps_eac
     assert all("takes no keyword arguments" in d.detail for d in letters)
     assert fake_akto.records == []
     assert await dlq.replay_all(fake_redis, QUEUE) == 2
-    assert await fake_redis.lrange(f"{QUEUE}:inbox", 0, -1) == [r.encode() for r in records]
+    replayed = [Record.from_json(r) for r in await fake_redis.lrange(f"{QUEUE}:inbox", 0, -1)]
+    assert [r.id for r in replayed] == ["a", "b"]
 
 
 async def test_a_crash_looping_batch_with_a_record_no_parser_takes_dead_letters_every_record(

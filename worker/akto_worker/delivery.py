@@ -253,7 +253,7 @@ class Deliverer:
                     found.append(violation)
             elif isinstance(result, Dead):
                 dead.append(result.letter)
-            elif result.item.record.created_ms < oldest_allowed:
+            elif result.item.record.retained_from_ms < oldest_allowed:
                 dead.append(
                     dlq.make(
                         result.item.raw,
