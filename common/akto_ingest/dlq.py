@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from .queue import dlq_index_key, dlq_key, inbox_key
 from .record import now_ms
@@ -83,6 +84,14 @@ def _other_record_id(letter: DeadLetter) -> str:
 
 
 async def put(redis: Redis, queue: str, letters: Iterable[DeadLetter]) -> int:
+    async with redis.pipeline(transaction=True) as pipe:
+        stored = await put_in(pipe, queue, letters)
+        await pipe.execute()
+    return stored
+
+
+async def put_in(pipe: Pipeline, queue: str, letters: Iterable[DeadLetter]) -> int:
+    """Add :func:`put`'s write to a transaction the caller executes; returns how many letters."""
     letters = list(letters)
     if not letters:
         return 0
@@ -97,7 +106,7 @@ async def put(redis: Redis, queue: str, letters: Iterable[DeadLetter]) -> int:
             letter.record,
             letter.failed_ms,
         ]
-    await redis.register_script(_PUT_LUA)(keys=[dlq_key(queue), dlq_index_key(queue)], args=args)
+    await pipe.register_script(_PUT_LUA)(keys=[dlq_key(queue), dlq_index_key(queue)], args=args, client=pipe)
     return len(letters)
 
 

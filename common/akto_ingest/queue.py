@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from .record import now_ms
 
@@ -91,7 +92,7 @@ async def report(redis: Redis, key: str, owner: str, value: str, now: int | None
     dropping entries not written for :data:`REPORT_KEEP_MS`; the hash itself expires that long after
     its last write."""
     now = now_ms() if now is None else now
-    await redis.eval(_REPORT_LUA, 1, key, owner, value, now - REPORT_KEEP_MS, REPORT_KEEP_MS)  # type: ignore[misc]  # redis-py types sync|async
+    await redis.eval(_REPORT_LUA, 1, key, owner, value, str(now - REPORT_KEEP_MS), str(REPORT_KEEP_MS))  # type: ignore[misc]  # redis-py types sync|async
 
 
 async def push(redis: Redis, queue: str, records_json: list[str]) -> None:
@@ -182,13 +183,19 @@ async def enqueue_batch(
     redis: Redis, queue: str, records: list[str], *, attempt: int, defer_ms: int, ttl_ms: int
 ) -> str:
     """Queue records as one job that runs ``defer_ms`` from now (used for retries and replays)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        job_id = add_batch(pipe, queue, records, attempt=attempt, defer_ms=defer_ms, ttl_ms=ttl_ms)
+        await pipe.execute()
+    return job_id
+
+
+def add_batch(pipe: Pipeline, queue: str, records: list[str], *, attempt: int, defer_ms: int, ttl_ms: int) -> str:
+    """Add :func:`enqueue_batch`'s writes to a transaction the caller executes; returns the job id."""
     job_id = new_job_id()
     now = now_ms()
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.psetex(job_key_prefix + job_id, ttl_ms + defer_ms, job_payload(records, attempt, now))
-        pipe.zadd(queue, {job_id: now + defer_ms})
-        pipe.zadd(born_key(queue), {job_id: oldest_created_ms(records, now)})
-        await pipe.execute()
+    pipe.psetex(job_key_prefix + job_id, ttl_ms + defer_ms, job_payload(records, attempt, now))
+    pipe.zadd(queue, {job_id: now + defer_ms})
+    pipe.zadd(born_key(queue), {job_id: oldest_created_ms(records, now)})
     return job_id
 
 
@@ -253,7 +260,7 @@ async def backlog(redis: Redis, queue: str, now: int | None = None) -> Backlog:
     """The backlog counts the worker's gauges and ``akto-ingest status`` both report, in one script."""
     now = now_ms() if now is None else now
     ready, deferred, inbox, running = await redis.eval(  # type: ignore[misc]  # redis-py types sync|async
-        _BACKLOG_LUA, 2, queue, inbox_key(queue), now, in_progress_key_prefix, RUNNING_LOOK
+        _BACKLOG_LUA, 2, queue, inbox_key(queue), str(now), in_progress_key_prefix, str(RUNNING_LOOK)
     )
     return Backlog(int(ready), int(deferred), int(inbox), int(running))
 

@@ -59,7 +59,8 @@ def records(count: int, tag: str, **fields: Any) -> list[str]:
 
 
 def letters(poison: Poison) -> dict[str, dict[str, Any]]:
-    return {k.decode(): orjson.loads(v) for k, v in poison.redis.hgetall(dlq_key(poison.queue)).items()}
+    entries: dict[bytes, bytes] = poison.redis.hgetall(dlq_key(poison.queue))  # type: ignore[assignment]  # redis-py types sync|async
+    return {k.decode(): orjson.loads(v) for k, v in entries.items()}
 
 
 def settled(poison: Poison, delivered: list[str], dead: int) -> tuple[set[str], dict[str, dict[str, Any]]]:

@@ -15,6 +15,7 @@ import pytest
 from arq import Retry
 from arq.constants import job_key_prefix
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from akto_ingest import dlq, violations
 from akto_ingest.config import WorkerConfig
@@ -26,6 +27,8 @@ from akto_worker.deadline import JobLimits, job_limits
 from akto_worker.delivery import Deliverer, Outcome
 from akto_worker.state import WorkerState
 from tests.fake_akto import FakeAkto
+
+from .conftest import REAL_REDIS_URL
 
 MakeDeliverer = Callable[..., Deliverer]
 Factory = Callable[..., Any]
@@ -337,6 +340,62 @@ async def test_redis_failure_while_persisting_asks_arq_to_rerun(
     with pytest.raises(Retry) as info:
         await jobs.deliver(ctx, [record_json(id="a")], 0)
     assert info.value.defer_score == 5_000
+
+
+class CutAfter(Redis):
+    """A real Redis client whose round trips after the first ``allowed`` fail: the connection drops in
+    the middle of a job's persist step."""
+
+    allowed = 0
+
+    def _trip(self) -> None:
+        if self.allowed <= 0:
+            raise RedisConnectionError("connection dropped")
+        self.allowed -= 1
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self._trip()
+        return await super().execute_command(*args, **options)
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        execute = pipe.execute
+
+        async def cut(raise_on_error: bool = True) -> Any:
+            if pipe.command_stack:
+                self._trip()
+            return await execute(raise_on_error)
+
+        pipe.execute = cut  # type: ignore[method-assign]
+        return pipe
+
+
+async def test_a_batch_is_persisted_whole_or_not_at_all(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, real_redis: Any, queue_name: str
+) -> None:
+    # One record to retry (Akto answers 503 for it), one dead letter (an invalid record): a connection
+    # that carries one round trip and drops must not leave the retry job stored without the dead
+    # letter, or the re-run would deliver the batch again and queue a second retry job.
+    fake_akto.configure(status=503)
+    redis = CutAfter.from_url(REAL_REDIS_URL)
+    ctx = make_ctx(redis, make_deliverer(fake_akto.url, **CONFIG), queue=queue_name)
+    try:
+        redis.allowed = 1
+        await jobs.deliver(ctx, [record_json(id="a"), "not a record"], 0)
+    finally:
+        await redis.aclose()
+    assert await real_redis.zcard(queue_name) == 1
+    assert await dlq.count(real_redis, queue_name) == 1
+
+    ctx = make_ctx(
+        redis := CutAfter.from_url(REAL_REDIS_URL), make_deliverer(fake_akto.url, **CONFIG), queue=queue_name
+    )
+    try:
+        with pytest.raises(Retry):
+            await jobs.deliver(ctx, [record_json(id="b"), "not a record either"], 0)
+    finally:
+        await redis.aclose()
+    assert (await real_redis.zcard(queue_name), await dlq.count(real_redis, queue_name)) == (1, 1), "none of it"
 
 
 def test_job_ttl_outlives_retention_by_a_day() -> None:

@@ -14,7 +14,7 @@ from arq import Retry
 from redis.exceptions import RedisError
 
 from akto_ingest import dlq, violations
-from akto_ingest.queue import enqueue_batch, job_done, job_records
+from akto_ingest.queue import add_batch, job_done, job_records
 
 from . import metrics
 from .deadline import job_limits
@@ -95,21 +95,23 @@ async def _persist(
     loop's clock), or raise ``Retry``: the job is still in Redis, so arq runs all of it again later
     and nothing is lost."""
     try:
-        async with asyncio.timeout_at(deadline):
+        async with asyncio.timeout_at(deadline), redis.pipeline(transaction=True) as pipe:
+            # One transaction, one round trip: Redis stores all of it or none of it, so a re-run never
+            # meets a half-stored batch (its retry job stored, its dead letters not) and queues its
+            # retries a second time.
             if retry:
                 delay = backoff_seconds(attempt, state.config.backoff_base, state.config.backoff_max)
-                await enqueue_batch(
-                    redis,
+                add_batch(
+                    pipe,
                     state.queue_name,
                     retry,
                     attempt=attempt + 1,
                     defer_ms=int(delay * 1000),
                     ttl_ms=state.job_ttl_ms,
                 )
-            if letters:
-                await dlq.put(redis, state.queue_name, letters)
-            if found:
-                await violations.add(redis, state.queue_name, found)
+            await dlq.put_in(pipe, state.queue_name, letters)
+            violations.add_in(pipe, state.queue_name, found or [])
+            await pipe.execute()
     except (RedisError, TimeoutError) as exc:
         log.error(
             "cannot store %d retry record(s) and %d dead letter(s) in time (%s); the whole batch will run again",
