@@ -355,7 +355,7 @@ class CutAfter(Redis):
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         self._trip()
-        return await super().execute_command(*args, **options)
+        return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
         pipe = super().pipeline(transaction, shard_hint)
