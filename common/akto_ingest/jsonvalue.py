@@ -57,26 +57,29 @@ _PLAIN_ONLY = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 def within(value: Any) -> bool:
     """True when ``value`` is JSON data inside every limit: :func:`bounded` would return it as is.
 
-    On the proxy's event loop for every record, so the common case costs one orjson pass (a few µs for
-    a 25 KB chat request) and a walk over the containers alone: orjson refuses lone surrogates,
-    integers past its range, keys that are not text and types JSON has no form for."""
+    On the proxy's event loop for every record, so the common case is one orjson pass: orjson refuses
+    lone surrogates, integers past its range, keys that are not text and types JSON has no form for,
+    and its indented text shows the depth: a container deeper than :data:`MAX_DEPTH` is on a line
+    indented at least ``2 * MAX_DEPTH`` spaces (text holds no raw newline: JSON escapes it). Such a
+    line may also be a leaf at the deepest level allowed; only then are the containers walked."""
     try:
-        orjson.dumps(value, option=_PLAIN_ONLY)
+        encoded = orjson.dumps(value, option=_PLAIN_ONLY | orjson.OPT_INDENT_2)
     except TypeError:
         return False
-    if type(value) not in _CONTAINERS:
+    if _DEEPEST_LINE not in encoded:
         return True
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        container, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            return False
-        for child in container.values() if type(container) is dict else container:
-            if type(child) in _CONTAINERS:
-                stack.append((child, depth + 1))
-    return True
+    level = [value] if type(value) in _CONTAINERS else []
+    for _ in range(MAX_DEPTH):
+        below = []
+        for container in level:
+            for child in container.values() if type(container) is dict else container:
+                if type(child) in _CONTAINERS:
+                    below.append(child)
+        level = below
+    return not level
 
 
+_DEEPEST_LINE = b"\n" + b" " * (2 * MAX_DEPTH)
 _CONTAINERS = frozenset({dict, list, tuple})
 
 
