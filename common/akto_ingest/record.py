@@ -7,6 +7,7 @@ letters, Akto) can ever hold one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -125,13 +126,6 @@ class Record(BaseModel):
 
     _clean_request_headers = field_validator("request_headers", mode="before")(strip_credentials)
 
-    @field_validator("request_body", "response_body", mode="before")
-    @classmethod
-    def _within_limits(cls, value: Any) -> Any:
-        # Once, where the record is built (the hook) or read (the worker): past this, every encoder and
-        # parser on the record's way takes it (jsonvalue.py). Text is repaired when it is encoded.
-        return jsonvalue.bounded(value) if isinstance(value, Mapping) else value
-
     @field_validator("session_id", mode="before")
     @classmethod
     def _session_as_text(cls, value: Any) -> str | None:
@@ -166,10 +160,14 @@ class Record(BaseModel):
             return orjson.dumps(fields, option=_PLAIN_JSON).decode()
         except TypeError:
             pass
-        # The slow path runs only for the rare record whose text cannot be encoded as it is, or a copy
-        # whose bodies were replaced (model_copy does not validate) with values past the limits.
-        # What encodable() returns always encodes.
+        # The slow path runs only for the rare record orjson refuses: text JSON cannot hold, values past
+        # the limits of jsonvalue.py, or types that are not plain JSON. Those types are written as
+        # pydantic writes them (a datetime in ISO 8601), then everything is brought within the
+        # limits, which always encodes.
         _count_repair(self.id)
+        # Deeper than pydantic's serializer goes: the fields as they are.
+        with contextlib.suppress(ValueError):
+            fields = self.model_dump(mode="json", exclude_none=True)
         return orjson.dumps(encodable(fields)).decode()
 
     def repaired(self) -> Record:
@@ -181,9 +179,22 @@ class Record(BaseModel):
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Record:
-        """Decode a queued record; raises :class:`RecordError` naming what is wrong."""
+        """Decode a queued record, its bodies brought within the limits of ``jsonvalue.py``; raises
+        :class:`RecordError` naming what is wrong.
+
+        Read with orjson (up to 1,024 levels, so anything orjson wrote), not pydantic's JSON parser,
+        which stops at 201 levels."""
         try:
-            return cls.model_validate_json(raw)
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise RecordError(f"not a valid record (record: Invalid JSON: {exc})") from None
+        if not isinstance(data, dict):
+            raise RecordError(f"not a valid record (record: Input should be an object, not {type(data).__name__})")
+        for name in ("request_body", "response_body"):
+            if isinstance(data.get(name), dict):
+                data[name] = jsonvalue.bounded(data[name])
+        try:
+            return cls.model_validate(data)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "record"
