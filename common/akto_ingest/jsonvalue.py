@@ -1,11 +1,12 @@
 """The JSON values a record's bodies may hold: the limits the hook and the worker share, and the one
 walk that brings any Python value within them.
 
-Every parser and encoder on a record's way has a limit of its own: pydantic's JSON parser (the
-worker reads records with it) stops at 201 levels, orjson writes 254 levels and integers in
-[-2**63, 2**64), ``json`` recurses until Python's recursion limit. A record is brought within all of
-them once, when it is built (:func:`bounded`, run by the record's validators on both sides), so what
-the hook writes the worker can read and deliver:
+Every parser and encoder on a record's way has a limit of its own: orjson writes 254 levels and
+integers in [-2**63, 2**64) (and reads 1,024 levels, an integer past that range as a float), pydantic's
+JSON parser stops at 201 levels, ``json`` recurses until Python's recursion limit. Where the hook
+encodes a record that orjson refuses (``Record.to_json``) and where the worker reads one
+(``Record.from_json``), its bodies go through :func:`bounded`, so what the hook writes the worker can
+read and deliver:
 
 - a container deeper than :data:`MAX_DEPTH` (the body itself is level 1) is carried as its JSON text;
 - an integer orjson cannot write is carried as its decimal text (past Python's 4,300-digit limit for
@@ -13,9 +14,7 @@ the hook writes the worker can read and deliver:
 - a float JSON has no form for (NaN, infinities) becomes null, as orjson and pydantic write it;
 - a key that is not text becomes its ``str()``; a tuple becomes a list; a pydantic model becomes its
   ``model_dump()``; anything else becomes its ``str()``;
-- with ``text=True`` (when the record is encoded, see ``record.py``), a lone surrogate becomes U+FFFD.
-  Building a record leaves text as it is: the repair is counted when encoding needs it, and normal
-  text pays nothing for it.
+- with ``text=True`` (where the hook encodes), a lone surrogate becomes U+FFFD.
 
 Both walks are loops over an explicit stack, never recursion, so no depth or width can raise
 ``RecursionError``; a container that holds itself is deeper than any limit, and its text names the
@@ -32,8 +31,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-# 128 levels leaves room under pydantic's 201 for the record object around the bodies and under
-# orjson's 254 for the envelope, where each body is encoded on its own.
+# 128 levels leaves room under orjson's 254 for the record and the envelope around a body, and under
+# pydantic's 201 should a record be read with it.
 MAX_DEPTH = 128
 MIN_INT = -(2**63)
 MAX_INT = 2**64 - 1
@@ -57,7 +56,7 @@ _PLAIN_ONLY = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 def within(value: Any) -> bool:
     """True when ``value`` is JSON data inside every limit: :func:`bounded` would return it as is.
 
-    On the proxy's event loop for every record, so the common case is one orjson pass: orjson refuses
+    For every record the worker reads, so the common case is one orjson pass: orjson refuses
     lone surrogates, integers past its range, keys that are not text and types JSON has no form for,
     and its indented text shows the depth: a container deeper than :data:`MAX_DEPTH` is on a line
     indented at least ``2 * MAX_DEPTH`` spaces (text holds no raw newline: JSON escapes it). Such a
