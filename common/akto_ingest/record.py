@@ -34,7 +34,8 @@ log = logging.getLogger("akto_ingest")
 
 TEXT_REPAIRED = Counter(
     "akto_text_repaired",
-    "Records whose text could not be encoded as JSON and was repaired (U+FFFD for each lone surrogate)",
+    "Records orjson could not encode as they were and that were repaired: U+FFFD for each lone surrogate, "
+    "values past the limits of jsonvalue.py as their text",
 )
 
 CREDENTIAL_HEADERS = frozenset(
@@ -76,7 +77,11 @@ def encodable(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 def _count_repair(call_id: str) -> None:
     TEXT_REPAIRED.inc()
-    log.warning("akto record text repaired call_id=%s: characters that cannot be encoded replaced by U+FFFD", call_id)
+    log.warning(
+        "akto record text repaired call_id=%s: characters that cannot be encoded replaced by U+FFFD, "
+        "values past the JSON limits carried as text",
+        call_id,
+    )
 
 
 # orjson takes only what it writes exactly as pydantic does (str, int, float, bool, None, dict with str
