@@ -184,11 +184,17 @@ class Record(BaseModel):
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Record:
-        """Decode a queued record, its bodies brought within the limits of ``jsonvalue.py``; raises
-        :class:`RecordError` naming what is wrong.
+        """Decode a queued record; raises :class:`RecordError` naming what is wrong.
 
-        Read with orjson (up to 1,024 levels, so anything orjson wrote), not pydantic's JSON parser,
-        which stops at 201 levels."""
+        pydantic's JSON parser reads all but the deepest records, and reads them fastest. It stops at
+        201 levels: such a record is read with orjson (up to 1,024, so anything orjson wrote) and its
+        bodies are brought within the limits of ``jsonvalue.py``."""
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            if "recursion limit" not in first["msg"]:
+                raise RecordError(_problem(first)) from None
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -201,6 +207,9 @@ class Record(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "record"
-            raise RecordError(f"not a valid record ({where}: {first['msg']})") from None
+            raise RecordError(_problem(exc.errors()[0])) from None
+
+
+def _problem(error: Any) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "record"
+    return f"not a valid record ({where}: {error['msg']})"

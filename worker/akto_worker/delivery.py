@@ -124,7 +124,12 @@ class Deliverer:
     def _prepare(self, raw: str) -> _Item | Dead:
         try:
             record = Record.from_json(raw)
-            body = envelope(record, self._akto)
+            try:
+                body = envelope(record, self._akto)
+            except TypeError:
+                # A value orjson cannot write (an integer past 64 bits): carried as its text.
+                record = record.repaired()
+                body = envelope(record, self._akto)
             encoded = encode(body, INGEST_DATA_LIMITS)
         except RecordTooLarge as exc:
             return Dead(
