@@ -4,9 +4,9 @@ walk that brings any Python value within them.
 Every parser and encoder on a record's way has a limit of its own: orjson writes 254 levels and
 integers in [-2**63, 2**64) (and reads 1,024 levels, an integer past that range as a float), pydantic's
 JSON parser stops at 201 levels, ``json`` recurses until Python's recursion limit. Where the hook
-encodes a record that orjson refuses (``Record.to_json``) and where the worker reads one
-(``Record.from_json``), its bodies go through :func:`bounded`, so what the hook writes the worker can
-read and deliver:
+encodes a record that orjson refuses (``Record.to_json``), where the worker reads one past pydantic's
+depth (``Record.from_json``) and where its envelope meets a value orjson refuses, its bodies go
+through :func:`bounded`, so what the hook writes the worker can read and deliver:
 
 - a container deeper than :data:`MAX_DEPTH` (the body itself is level 1) is carried as its JSON text;
 - an integer orjson cannot write is carried as its decimal text (past Python's 4,300-digit limit for
@@ -56,7 +56,7 @@ _PLAIN_ONLY = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 def within(value: Any) -> bool:
     """True when ``value`` is JSON data inside every limit: :func:`bounded` would return it as is.
 
-    For every record the worker reads, so the common case is one orjson pass: orjson refuses
+    The common case is one orjson pass: orjson refuses
     lone surrogates, integers past its range, keys that are not text and types JSON has no form for,
     and its indented text shows the depth: a container deeper than :data:`MAX_DEPTH` is on a line
     indented at least ``2 * MAX_DEPTH`` spaces (text holds no raw newline: JSON escapes it). Such a
