@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from arq.constants import health_check_key_suffix, in_progress_key_prefix
+from arq.constants import health_check_key_suffix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -52,15 +52,6 @@ async def status(redis: Redis, queue: str) -> dict[str, Any]:
         pipe.hgetall(heartbeat_key(queue))
         oldest_inbox, dead, health, spools, beats = await pipe.execute()
     oldest_job = await oldest_job_born_ms(redis, queue)
-    # arq's in-progress keys do not name their queue; a running job is still in its queue's set.
-    running = [
-        key[len(in_progress_key_prefix) :]
-        async for key in redis.scan_iter(match=in_progress_key_prefix + "*", count=1000)
-    ]
-    async with redis.pipeline(transaction=False) as pipe:
-        for job_id in running:
-            pipe.zscore(queue, job_id)
-        in_progress = sum(score is not None for score in await pipe.execute())
     oldest_ms = None
     if oldest_inbox:
         try:
@@ -74,7 +65,7 @@ async def status(redis: Redis, queue: str) -> dict[str, Any]:
         "inbox": waiting.inbox,
         "ready_jobs": waiting.ready_jobs,
         "deferred_jobs": waiting.deferred_jobs,
-        "in_progress_jobs": in_progress,
+        "in_progress_jobs": waiting.running_jobs,
         "dead_letters": int(dead),
         "oldest_age_seconds": None if oldest_ms is None else round((now - oldest_ms) / 1000, 1),
         "arq_health_check": health.decode() if isinstance(health, bytes) else health,

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from .queue import dlq_index_key, dlq_key, inbox_key
 from .record import now_ms
@@ -83,6 +84,14 @@ def _other_record_id(letter: DeadLetter) -> str:
 
 
 async def put(redis: Redis, queue: str, letters: Iterable[DeadLetter]) -> int:
+    async with redis.pipeline(transaction=True) as pipe:
+        stored = await put_in(pipe, queue, letters)
+        await pipe.execute()
+    return stored
+
+
+async def put_in(pipe: Pipeline, queue: str, letters: Iterable[DeadLetter]) -> int:
+    """Add :func:`put`'s write to a transaction the caller executes; returns how many letters."""
     letters = list(letters)
     if not letters:
         return 0
@@ -97,7 +106,7 @@ async def put(redis: Redis, queue: str, letters: Iterable[DeadLetter]) -> int:
             letter.record,
             letter.failed_ms,
         ]
-    await redis.register_script(_PUT_LUA)(keys=[dlq_key(queue), dlq_index_key(queue)], args=args)
+    await pipe.register_script(_PUT_LUA)(keys=[dlq_key(queue), dlq_index_key(queue)], args=args, client=pipe)
     return len(letters)
 
 
@@ -125,12 +134,20 @@ CHUNK = 500
 # KEYS: dead-letter hash, its index, the inbox. ARGV: ids. Reading and moving in one script means
 # two operators replaying at once cannot queue a record twice. An id left in the index without an
 # entry is dropped from the index too, so a replay of the whole store always makes progress.
+# A record (a JSON object) goes back with ``replayed_ms``, Redis's clock now, appended as its last key
+# (a reader takes the last of a repeated key): its retention counts from there, so a record replayed
+# after a long outage gets a fresh retry budget. Anything else goes back byte for byte.
 _REPLAY_LUA = """
+local time = redis.call('TIME')
+local now = string.format('%.0f', tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000))
 local moved = 0
 for _, id in ipairs(ARGV) do
   local entry = redis.call('HGET', KEYS[1], id)
   if entry then
-    redis.call('RPUSH', KEYS[3], cjson.decode(entry)['record'])
+    local record = cjson.decode(entry)['record']
+    local head = string.match(record, '^(%s*{.*[^%s{])%s*}%s*$')
+    if head then record = head .. ',"replayed_ms":' .. now .. '}' end
+    redis.call('RPUSH', KEYS[3], record)
     redis.call('HDEL', KEYS[1], id)
     moved = moved + 1
   end
@@ -141,7 +158,8 @@ return moved
 
 
 async def replay(redis: Redis, queue: str, ids: list[str]) -> int:
-    """Put records back on the inbox unchanged and drop their dead-letter entries.
+    """Put records back on the inbox and drop their dead-letter entries. A record is unchanged but for
+    its ``replayed_ms`` (see ``_REPLAY_LUA``).
 
     Each record moves atomically; ids go to Redis in chunks of :data:`CHUNK`.
     """

@@ -12,6 +12,30 @@ import time
 
 # Every log line about one record names it as call_id=<id>; JSON lines lift that into a field.
 CALL_ID = re.compile(r"call_id=([^\s,;]+)")
+# The user-info part of a URL (scheme://user:password@host): configured URLs (Redis, Sentinel, Akto)
+# may carry credentials, and a URL can end up in any message or exception text.
+URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
+
+
+def mask_urls(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced by ``***``."""
+    return URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+
+
+class MaskCredentials(logging.Filter):
+    """Masks URL credentials in a log record's message and exception text, before any handler (ours
+    or the host's) formats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_urls(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_urls(record.exc_text)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,6 +55,15 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line)
+
+
+def mask_credentials(*names: str) -> None:
+    """Mask URL credentials in every line these loggers emit (a logger's filter sees only its own
+    lines, not its children's: name each logger that logs)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, MaskCredentials) for f in logger.filters):
+            logger.addFilter(MaskCredentials())
 
 
 HANDLER_NAME = "akto_ingest"
@@ -67,6 +100,7 @@ def setup(name: str) -> logging.Logger:
     """
     logger = logging.getLogger(name)
     logger.setLevel(os.environ.get("AKTO_LOG_LEVEL", "INFO").upper())
+    mask_credentials(name, "akto_ingest")
     if any(handler.get_name() == HANDLER_NAME for handler in logger.handlers):
         return logger
     handler: logging.Handler

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from arq.constants import job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from .record import now_ms
 
@@ -47,7 +48,7 @@ def violations_key(queue: str) -> str:
 
 
 def heartbeat_key(queue: str) -> str:
-    """Hash of worker (host:pid) -> last beat in epoch ms."""
+    """Hash of worker (host:pid) -> last beat in epoch ms (entries pruned by :func:`report`)."""
     return f"{queue}:workers"
 
 
@@ -61,8 +62,37 @@ def born_key(queue: str) -> str:
 
 
 def spool_status_key(queue: str) -> str:
-    """Hash of proxy process (host:pid) -> its spool figures as JSON."""
+    """Hash of proxy process (host:pid) -> its spool figures as JSON, with ``updated_ms`` (entries
+    pruned by :func:`report`)."""
     return f"{queue}:spool"
+
+
+# How long a process that stopped reporting stays listed (marked stale by ``akto-ingest status``
+# after a minute): long enough for an operator to see that it went, short enough that restarts (a
+# new host:pid each) do not grow the hash for ever.
+REPORT_KEEP_MS = 3_600_000
+
+# KEYS: the hash. ARGV: field, value, oldest time kept (ms), ttl ms. A value is a time in ms, or JSON
+# with ``updated_ms``; an entry with neither is not ours and is dropped as well.
+_REPORT_LUA = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local all = redis.call('HGETALL', KEYS[1])
+local oldest = tonumber(ARGV[3])
+for i = 1, #all, 2 do
+  local seen = tonumber(all[i + 1]) or tonumber(string.match(all[i + 1], '"updated_ms":%s*(%d+)'))
+  if seen == nil or seen < oldest then redis.call('HDEL', KEYS[1], all[i]) end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
+async def report(redis: Redis, key: str, owner: str, value: str, now: int | None = None) -> None:
+    """Write one process's entry in a per-process hash (:func:`heartbeat_key`, :func:`spool_status_key`),
+    dropping entries not written for :data:`REPORT_KEEP_MS`; the hash itself expires that long after
+    its last write."""
+    now = now_ms() if now is None else now
+    await redis.eval(_REPORT_LUA, 1, key, owner, value, str(now - REPORT_KEEP_MS), str(REPORT_KEEP_MS))  # type: ignore[misc]  # redis-py types sync|async
 
 
 async def push(redis: Redis, queue: str, records_json: list[str]) -> None:
@@ -93,13 +123,16 @@ return #items
 """
 # The same match in Python, for jobs made outside the script. Records are compact JSON with
 # ``created_ms`` fourth, after ``v``, ``id`` and ``mode``: its first match is the record's own, never
-# a key of the request or response bodies further on.
-_CREATED_MS = re.compile(rb'"created_ms":(\d+)')
+# a key of the request or response bodies further on. At most 15 digits (epoch ms until the year
+# 33658): an entry with more is not a record this hook wrote, and int() refuses past 4,300 digits.
+_CREATED_MS = re.compile(r'"created_ms":(\d{1,15})(?!\d)')
+MIN_CREATED_MS = 0
+MAX_CREATED_MS = 10**15 - 1
 
 
 def oldest_created_ms(records: list[str], default: int) -> int:
     """The capture time of the oldest of ``records`` (JSON lines), or ``default`` when none says."""
-    found = (int(m.group(1)) for line in records if (m := _CREATED_MS.search(line.encode())))
+    found = (int(m.group(1)) for line in records if (m := _CREATED_MS.search(line)))
     return min(found, default=default)
 
 
@@ -150,13 +183,19 @@ async def enqueue_batch(
     redis: Redis, queue: str, records: list[str], *, attempt: int, defer_ms: int, ttl_ms: int
 ) -> str:
     """Queue records as one job that runs ``defer_ms`` from now (used for retries and replays)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        job_id = add_batch(pipe, queue, records, attempt=attempt, defer_ms=defer_ms, ttl_ms=ttl_ms)
+        await pipe.execute()
+    return job_id
+
+
+def add_batch(pipe: Pipeline, queue: str, records: list[str], *, attempt: int, defer_ms: int, ttl_ms: int) -> str:
+    """Add :func:`enqueue_batch`'s writes to a transaction the caller executes; returns the job id."""
     job_id = new_job_id()
     now = now_ms()
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.psetex(job_key_prefix + job_id, ttl_ms + defer_ms, job_payload(records, attempt, now))
-        pipe.zadd(queue, {job_id: now + defer_ms})
-        pipe.zadd(born_key(queue), {job_id: oldest_created_ms(records, now)})
-        await pipe.execute()
+    pipe.psetex(job_key_prefix + job_id, ttl_ms + defer_ms, job_payload(records, attempt, now))
+    pipe.zadd(queue, {job_id: now + defer_ms})
+    pipe.zadd(born_key(queue), {job_id: oldest_created_ms(records, now)})
     return job_id
 
 
@@ -191,22 +230,39 @@ async def oldest_job_born_ms(redis: Redis, queue: str, look: int = 100) -> int |
 
 @dataclass(frozen=True)
 class Backlog:
-    """What waits: jobs due now, jobs deferred to later (retries), and records not yet claimed."""
+    """What waits, each job counted once: jobs due now and not running, jobs a worker runs now, jobs
+    deferred to later (retries), and records not yet claimed."""
 
     ready_jobs: int
     deferred_jobs: int
     inbox: int
+    running_jobs: int = 0
+
+
+# How many of the jobs due now are checked for arq's in-progress key. arq takes due jobs lowest score
+# first, so the running ones lead the range; a few hundred covers every job all workers can run at
+# once (max_jobs each) while keeping the script short.
+RUNNING_LOOK = 1000
+
+# KEYS: arq queue, inbox. ARGV: now ms, arq's in-progress key prefix, how many due jobs to look at.
+# A running job stays in arq's queue, due, until it ends: counted as running, not also as ready.
+_BACKLOG_LUA = """
+local due = redis.call('ZCOUNT', KEYS[1], '-inf', ARGV[1])
+local running = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))) do
+  running = running + redis.call('EXISTS', ARGV[2] .. id)
+end
+return {due - running, redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf'), redis.call('LLEN', KEYS[2]), running}
+"""
 
 
 async def backlog(redis: Redis, queue: str, now: int | None = None) -> Backlog:
-    """The backlog counts the worker's gauges and ``akto-ingest status`` both report."""
+    """The backlog counts the worker's gauges and ``akto-ingest status`` both report, in one script."""
     now = now_ms() if now is None else now
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcount(queue, "-inf", now)
-        pipe.zcount(queue, f"({now}", "+inf")
-        pipe.llen(inbox_key(queue))
-        ready, deferred, inbox = await pipe.execute()
-    return Backlog(int(ready), int(deferred), int(inbox))
+    ready, deferred, inbox, running = await redis.eval(  # type: ignore[misc]  # redis-py types sync|async
+        _BACKLOG_LUA, 2, queue, inbox_key(queue), str(now), in_progress_key_prefix, str(RUNNING_LOOK)
+    )
+    return Backlog(int(ready), int(deferred), int(inbox), int(running))
 
 
 def encode_job(job: dict[str, Any]) -> bytes:
@@ -215,7 +271,9 @@ def encode_job(job: dict[str, Any]) -> bytes:
 
 
 def decode_job(raw: bytes) -> dict[str, Any]:
-    """arq's job deserializer. Never raises: a job that is not ours becomes a dead-letter call."""
+    """arq's job deserializer. Never raises: a job this worker cannot run as it is (not JSON, not one
+    of our functions, or not the arguments this version takes, as during a rolling deploy of two
+    versions) becomes a ``dead_letter_job`` call, so its raw bytes land in the dead-letter store."""
     try:
         try:
             job = orjson.loads(raw)
@@ -224,18 +282,76 @@ def decode_job(raw: bytes) -> dict[str, Any]:
             # not UTF-8 would make its whole batch one undecodable dead letter. Its bad bytes become
             # U+FFFD (as the spool's replay does), and every other record of the batch goes on.
             job = orjson.loads(raw.decode(errors="replace"))
-        if isinstance(job, dict) and job.get("f") in JOB_FUNCTIONS and isinstance(job.get("a"), list):
-            job.setdefault("k", {})
-            job.setdefault("t", 1)
-            job.setdefault("et", now_ms())
-            return job
-        reason = "job is JSON but not an Akto ingest job"
     except orjson.JSONDecodeError:
-        reason = "job is not JSON (a pickled or corrupt payload); it was not executed"
-    return {
-        "f": DEAD_LETTER_FUNCTION,
-        "a": [base64.b64encode(raw).decode(), reason],
-        "k": {},
-        "t": 1,
-        "et": now_ms(),
-    }
+        return dead_letter_call(raw, "job is not JSON (a pickled or corrupt payload); it was not executed")
+    problem = frame_problem(job)
+    if problem or not isinstance(job, dict):
+        return dead_letter_call(raw, f"{problem}; it was not executed")
+    job.setdefault("k", {})
+    job.setdefault("t", 1)
+    job.setdefault("et", now_ms())
+    return job
+
+
+def dead_letter_call(raw: bytes, reason: str) -> dict[str, Any]:
+    """The job that stores ``raw`` as a dead letter instead of running it."""
+    return {"f": DEAD_LETTER_FUNCTION, "a": [base64.b64encode(raw).decode(), reason], "k": {}, "t": 1, "et": now_ms()}
+
+
+def frame_problem(job: Any) -> str:
+    """Why ``job`` (decoded JSON) is not a call this worker can run as it is; ``""`` when it is."""
+    if not isinstance(job, dict) or job.get("f") not in JOB_FUNCTIONS:
+        return "job is JSON but not an Akto ingest job"
+    name = job["f"]
+    args, kwargs = job.get("a"), job.get("k", {})
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        return f"{name} job has no argument list"
+    if kwargs:
+        return f"{name} takes no keyword arguments; this job has {', '.join(sorted(map(str, kwargs))[:10])}"
+    if not _whole(job.get("t", 0)) or not isinstance(job.get("et", 0), int | float) or isinstance(job.get("et"), bool):
+        return f"{name} job's try count or enqueue time is not a number"
+    if name == DELIVER_FUNCTION:
+        if not (
+            len(args) == 2
+            and isinstance(args[0], list)
+            and all(isinstance(r, str) for r in args[0])
+            and _whole(args[1])
+        ):
+            return f"deliver takes (records: list of text, attempt: integer >= 0); this job has {_shape(args)}"
+        return ""
+    if not (len(args) == 2 and all(isinstance(a, str) for a in args) and _base64(args[0])):
+        return f"dead_letter_job takes (raw job: base64 text, reason: text); this job has {_shape(args)}"
+    return ""
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _base64(text: str) -> bool:
+    try:
+        base64.b64decode(text, validate=True)
+    except ValueError:
+        return False
+    return True
+
+
+def _shape(args: list[Any]) -> str:
+    kinds = ", ".join(type(a).__name__ for a in args[:5]) + (", ..." if len(args) > 5 else "")
+    return f"{len(args)} argument(s) ({kinds})"
+
+
+def job_records(raw: bytes) -> list[str] | None:
+    """The records of a ``deliver`` job this worker could not run (its frame is wrong), so each can be
+    kept on its own; None when ``raw`` holds no list of records."""
+    try:
+        job = orjson.loads(raw.decode(errors="replace"))
+    except orjson.JSONDecodeError:
+        return None
+    if not (isinstance(job, dict) and job.get("f") == DELIVER_FUNCTION):
+        return None
+    args, kwargs = job.get("a"), job.get("k")
+    found = args[0] if isinstance(args, list) and args else kwargs.get("records") if isinstance(kwargs, dict) else None
+    if isinstance(found, list) and found and all(isinstance(r, str) for r in found):
+        return found
+    return None

@@ -7,8 +7,8 @@ letters, Akto) can ever hold one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import re
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -24,20 +24,18 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticSerializationError
 
+from . import jsonvalue
 from .errors import RecordError
 
 SCHEMA_VERSION = 1
 
 log = logging.getLogger("akto_ingest")
 
-# Lone surrogates are the one thing a Python str can hold that UTF-8 (so JSON) cannot.
-SURROGATE = re.compile("[\ud800-\udfff]")
-
 TEXT_REPAIRED = Counter(
     "akto_text_repaired",
-    "Records whose text could not be encoded as JSON and was repaired (U+FFFD for each lone surrogate)",
+    "Records orjson could not encode as they were and that were repaired: U+FFFD for each lone surrogate, "
+    "values past the limits of jsonvalue.py as their text",
 )
 
 CREDENTIAL_HEADERS = frozenset(
@@ -70,27 +68,20 @@ def strip_credentials(headers: Any) -> dict[str, str]:
     return clean
 
 
-def encodable(value: Any) -> Any:
-    """``value`` as plain JSON data: lone surrogates become U+FFFD (valid pairs are joined into their
-    character), tuples become lists, and anything else JSON has no form for becomes its ``str()``."""
-    if isinstance(value, str):
-        if SURROGATE.search(value) is None:
-            return value
-        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, Mapping):
-        return {encodable(str(key)): encodable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [encodable(item) for item in value]
-    if isinstance(value, BaseModel):
-        return encodable(value.model_dump())
-    return encodable(str(value))
+def encodable(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's fields as plain JSON data that always encodes: each value brought within the limits
+    of ``jsonvalue.py``, with every lone surrogate as U+FFFD (a valid pair is joined into its
+    character). A bounded walk: no depth or width can make it raise."""
+    return {jsonvalue.repair_text(str(key)): jsonvalue.bounded(value, text=True) for key, value in fields.items()}
 
 
 def _count_repair(call_id: str) -> None:
     TEXT_REPAIRED.inc()
-    log.warning("akto record text repaired call_id=%s: characters that cannot be encoded replaced by U+FFFD", call_id)
+    log.warning(
+        "akto record text repaired call_id=%s: characters that cannot be encoded replaced by U+FFFD, "
+        "values past the JSON limits carried as text",
+        call_id,
+    )
 
 
 # orjson takes only what it writes exactly as pydantic does (str, int, float, bool, None, dict with str
@@ -135,6 +126,8 @@ class Record(BaseModel):
     blocked_policy: str | None = None
     blocked_rule: str | None = None
     blocked_severity: str | None = None
+    # Set by a dead-letter replay (dlq.py): the retention period starts again from here.
+    replayed_ms: int | None = None
 
     _clean_request_headers = field_validator("request_headers", mode="before")(strip_credentials)
 
@@ -152,39 +145,71 @@ class Record(BaseModel):
         try:
             record: Record = handler(data)
         except ValidationError as exc:
-            if not any(error["type"] == "string_unicode" for error in exc.errors()):
+            if not (isinstance(data, Mapping) and any(error["type"] == "string_unicode" for error in exc.errors())):
                 raise
             record = handler(encodable(data))
             _count_repair(record.id)
         return record
 
+    @property
+    def retained_from_ms(self) -> int:
+        """When this record's retention period started: its capture, or its last replay."""
+        return max(self.created_ms, self.replayed_ms or 0)
+
     def to_json(self) -> str:
         """The record as queued. Never raises: text JSON cannot hold is repaired (see :meth:`repaired`)."""
+        fields = {k: v for k, v in self.__dict__.items() if v is not None}
         try:
             # The same bytes as model_dump_json(exclude_none=True) in half the CPU, on the
             # proxy's event loop once per request; fields are in declaration order either way.
-            return orjson.dumps({k: v for k, v in self.__dict__.items() if v is not None}, option=_PLAIN_JSON).decode()
+            return orjson.dumps(fields, option=_PLAIN_JSON).decode()
         except TypeError:
             pass
-        try:
-            return self.model_dump_json(exclude_none=True)
-        except PydanticSerializationError:
-            # The slow path runs only for the rare record whose text cannot be encoded as it is.
-            return self.repaired().model_dump_json(exclude_none=True)
+        # The slow path runs only for the rare record orjson refuses: text JSON cannot hold, values past
+        # the limits of jsonvalue.py, or types that are not plain JSON. Those types are written as
+        # pydantic writes them (a datetime in ISO 8601), then everything is brought within the
+        # limits, which always encodes.
+        _count_repair(self.id)
+        # Deeper than pydantic's serializer goes: the fields as they are.
+        with contextlib.suppress(ValueError):
+            fields = self.model_dump(mode="json", exclude_none=True)
+        return orjson.dumps(encodable(fields)).decode()
 
     def repaired(self) -> Record:
         """A copy whose text can always be encoded, with every lone surrogate replaced by U+FFFD and
         values JSON has no form for replaced by their text; logged and counted in ``TEXT_REPAIRED``."""
-        fixed = Record.model_validate(encodable(self.model_dump()))
+        fixed = Record.model_validate(encodable(self.__dict__))
         _count_repair(fixed.id)
         return fixed
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Record:
-        """Decode a queued record; raises :class:`RecordError` naming what is wrong."""
+        """Decode a queued record; raises :class:`RecordError` naming what is wrong.
+
+        pydantic's JSON parser reads all but the deepest records, and reads them fastest. It stops at
+        201 levels: such a record is read with orjson (up to 1,024, so anything orjson wrote) and its
+        bodies are brought within the limits of ``jsonvalue.py``."""
         try:
             return cls.model_validate_json(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "record"
-            raise RecordError(f"not a valid record ({where}: {first['msg']})") from None
+            if "recursion limit" not in first["msg"]:
+                raise RecordError(_problem(first)) from None
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise RecordError(f"not a valid record (record: Invalid JSON: {exc})") from None
+        if not isinstance(data, dict):
+            raise RecordError(f"not a valid record (record: Input should be an object, not {type(data).__name__})")
+        for name in ("request_body", "response_body"):
+            if isinstance(data.get(name), dict):
+                data[name] = jsonvalue.bounded(data[name])
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise RecordError(_problem(exc.errors()[0])) from None
+
+
+def _problem(error: Any) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "record"
+    return f"not a valid record ({where}: {error['msg']})"

@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from .queue import violations_key
 from .record import Record
@@ -79,9 +80,14 @@ async def add(redis: Redis, queue: str, violations: list[Violation]) -> None:
     if not violations:
         return
     async with redis.pipeline(transaction=False) as pipe:
-        for violation in violations:
-            pipe.xadd(violations_key(queue), {"v": violation.model_dump_json()}, maxlen=MAX_ENTRIES, approximate=True)
+        add_in(pipe, queue, violations)
         await pipe.execute()
+
+
+def add_in(pipe: Pipeline, queue: str, violations: list[Violation]) -> None:
+    """Add :func:`add`'s writes to a pipeline or transaction the caller executes."""
+    for violation in violations:
+        pipe.xadd(violations_key(queue), {"v": violation.model_dump_json()}, maxlen=MAX_ENTRIES, approximate=True)
 
 
 async def recent(redis: Redis, queue: str, *, limit: int = 50, since_ms: int | None = None) -> list[Violation]:

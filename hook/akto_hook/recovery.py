@@ -21,7 +21,7 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from akto_ingest.queue import spool_status_key
+from akto_ingest.queue import report, spool_status_key
 from akto_ingest.record import now_ms
 
 from . import metrics
@@ -179,4 +179,4 @@ class Recovery:
         """Leave this process's spool figures in Redis for ``akto-ingest status``."""
         status = {"bytes": self._spool.size_estimate(), "dropped": self._spool.dropped, "updated_ms": now_ms()}
         async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
-            await self._redis.hset(spool_status_key(self._queue), self._owner, json.dumps(status))  # type: ignore[misc]  # redis-py types sync|async
+            await report(self._redis, spool_status_key(self._queue), self._owner, json.dumps(status))

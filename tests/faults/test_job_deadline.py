@@ -24,7 +24,7 @@ from akto_ingest import dlq
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings, WorkerConfig
 from akto_ingest.connections import arq_redis_settings as redis_settings
-from akto_ingest.queue import decode_job, encode_job, enqueue_batch
+from akto_ingest.queue import add_batch, decode_job, encode_job, enqueue_batch
 from akto_ingest.record import Record
 from akto_ingest.wire import Limits, encode, envelope, with_publish_flag
 from akto_worker import deadline, delivery, jobs
@@ -203,20 +203,21 @@ async def test_redis_away_while_failures_are_persisted_reruns_the_job(
     server, log_dir = redis_server
     outage_seconds = 6.0  # twice arq's job timeout
     outages: list[asyncio.Task[None]] = []
-    real_enqueue = enqueue_batch
+    real_add = add_batch
 
     async def restart_later() -> None:
         await asyncio.sleep(outage_seconds)
         await asyncio.to_thread(server.start, log_dir)
 
-    async def enqueue_while_redis_is_away(*args: Any, **kwargs: Any) -> str:
+    def add_while_redis_is_away(*args: Any, **kwargs: Any) -> str:
+        # Called as the job builds its store transaction, just before it is sent.
         if not outages:
             akto.configure(status=None)  # the re-run will find Akto healthy
-            await asyncio.to_thread(server.stop)
-            outages.append(asyncio.create_task(restart_later()))
-        return await real_enqueue(*args, **kwargs)
+            server.stop()
+            outages.append(asyncio.get_running_loop().create_task(restart_later()))
+        return real_add(*args, **kwargs)
 
-    monkeypatch.setattr(jobs, "enqueue_batch", enqueue_while_redis_is_away)
+    monkeypatch.setattr(jobs, "add_batch", add_while_redis_is_away)
     akto.configure(status=503)
     batch = records(5)
     run, task = await start_worker(akto, server.url)

@@ -9,6 +9,7 @@ import time
 from functools import partial
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.stack import BIN, MASTER_KEY, AktoAdmin, Proxy, wait_until
@@ -332,3 +333,26 @@ def test_an_injection_at_the_end_of_a_330_kb_prompt_is_blocked_with_akto_reason(
     assert response.status_code == 400, response.text[:300]
     assert response.json()["error"]["message"] == "Prompt injection detected"
     _recorded_whole(stack, stack.block_closed, call_id(response), prompt)
+
+
+@pytest.mark.parametrize("levels", [150, 250, 400])
+def test_a_request_whose_tool_schema_nests_past_every_parser_limit_reaches_akto(stack: Stack, levels: int) -> None:
+    # Served, and in monitor mode recorded: before, the hook dropped it (~260 levels) or the worker
+    # refused it for good (~200 levels), so nothing reached Akto.
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels // 2):
+        schema = {"type": "object", "properties": {"p": schema}}
+    body = {
+        "model": "gpt-3.5-turbo",
+        "messages": [{"role": "user", "content": f"nested {levels}"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}],
+    }
+    response = httpx.post(
+        f"{stack.monitor.url}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {MASTER_KEY}"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text[:500]
+    record = wait_ingested(stack.akto, call_id(response), timeout=30)
+    assert f"nested {levels}" in json.dumps(record)

@@ -7,11 +7,13 @@ path and port swapped for local ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -20,9 +22,11 @@ import redis
 
 from akto_ingest.queue import inbox_key
 from akto_ingest.record import Record
+from akto_worker import stopping
 from tests.stack import (
     AKTO_KEY,
     BIN,
+    FAST_RETRY,
     MASTER_KEY,
     MONITOR_EXAMPLE,
     Proxy,
@@ -30,8 +34,11 @@ from tests.stack import (
     litellm_config,
     new_redis,
     spawn,
+    start_fake_akto,
+    start_worker,
     wait_proxy,
     wait_until,
+    worker_env,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,3 +140,26 @@ def test_sigterm_during_a_redis_outage_loses_nothing_and_a_restart_replays_at_on
         if second is not None:
             second.proc.stop(timeout=30)
         server.stop()
+
+
+def test_a_worker_stopped_while_redis_is_gone_exits_within_its_grace_period(tmp_path: Path) -> None:
+    # arq's close deletes its health-check key through the pool's outage retry (minutes): the worker
+    # outlived SIGTERM by far more than Kubernetes' grace period, and was killed.
+    akto_proc, akto = start_fake_akto(tmp_path)
+    server = new_redis(tmp_path)
+    queue = f"akto:it:{uuid.uuid4().hex[:8]}:stop"
+    worker = start_worker("stop-worker", worker_env(akto.url, server.url, queue, **FAST_RETRY), tmp_path)
+    try:
+        server.stop()
+        time.sleep(1)
+        started = time.monotonic()
+        worker.popen.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.popen.wait(60)
+        took = time.monotonic() - started
+        assert not worker.alive(), "still running 60 s after SIGTERM"
+        assert took <= stopping.CLOSE_SECONDS + 5, f"exited {took:.1f}s after SIGTERM"
+        assert "Redis did not answer while the worker stopped" in worker.log()
+    finally:
+        worker.stop(signal.SIGKILL)
+        akto_proc.stop()

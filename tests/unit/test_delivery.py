@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
 
+from akto_ingest import dlq
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings
 from akto_ingest.errors import (
@@ -320,6 +321,23 @@ async def test_failing_record_older_than_retention_is_retries_exhausted(
     assert "HTTP 503" in letter.detail
 
 
+async def test_a_replayed_dead_letter_gets_a_fresh_retry_budget(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, make_record: Factory, fake_redis: Any
+) -> None:
+    # A week-long outage: the record ran out of retention and was dead-lettered. Replayed once Akto is
+    # back, it meets one 503: that is its first failure since the replay, so it is retried.
+    old = make_record(id="old", created_ms=now_ms() - 8 * 86_400_000)
+    await dlq.put(fake_redis, "q", [dlq.make(old.to_json(), record_id="old", reason="retries_exhausted")])
+    assert await dlq.replay_all(fake_redis, "q") == 1
+    [replayed] = await fake_redis.lrange("q:inbox", 0, -1)
+    fake_akto.configure(status=503)
+
+    outcome = await make_deliverer(fake_akto.url, retention_seconds=7 * 86_400).deliver([replayed.decode()], 0)
+
+    assert (retry_ids(outcome), outcome.dead) == (["old"], [])
+    assert outcome.retry[0].record.created_ms == old.created_ms, "Akto still gets the capture time"
+
+
 async def test_old_record_that_succeeds_is_delivered_not_expired(
     fake_akto: FakeAkto, make_deliverer: MakeDeliverer, make_record: Factory
 ) -> None:
@@ -346,6 +364,32 @@ async def test_invalid_records_are_dead_lettered_and_the_rest_delivered(
     assert raw_letter.id.startswith("raw-")
     assert raw_letter.reason == "invalid_record"
     assert raw_letter.record == not_json
+
+
+POISON = {
+    "deep": '{"v":1,"id":"deep","mode":"monitor","created_ms":7,"request_body":{"x":' + "[" * 3000 + "]" * 3000 + "}}",
+    "deeper_than_orjson": "[" * 2000 + "]" * 2000,
+    "lone_surrogate_escape": '{"v":1,"id":"sur","mode":"block","request_body":{"x":"\\ud800"}}',
+    "huge_created_ms": '{"v":1,"id":"huge","mode":"block","created_ms":' + "9" * 5000 + "}",
+    "not_an_object": "[1, 2, 3]",
+    "empty": "",
+}
+
+
+async def test_poison_entries_cost_only_themselves_each_kept_raw(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory
+) -> None:
+    good = [record_json(id=f"good-{i}") for i in range(3)]
+    outcome = await make_deliverer(fake_akto.url).deliver([good[0], *POISON.values(), good[1], good[2]], 0)
+
+    assert outcome.delivered == 3
+    assert sorted(fake_akto.message_ids()) == ["good-0", "good-1", "good-2"]
+    assert sorted(d.record for d in outcome.dead) == sorted(POISON.values())
+    assert {d.reason for d in outcome.dead} == {"invalid_record"}
+    dead = dead_by_id(outcome)
+    assert dead["deep"].created_ms == 7, "an entry no parser takes still names its id and capture time"
+    assert "sur" in dead and "huge" in dead
+    assert dead["huge"].created_ms is None
 
 
 async def test_record_with_non_object_headers_is_dead_lettered_not_fatal(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from typing import Any
 
 from akto_ingest import dlq
@@ -99,7 +100,7 @@ async def test_an_entry_that_cannot_be_read_does_not_stop_storing_under_its_id(
     assert await real_redis.hget(dlq_key(queue_name), "shared") == b"not an entry"
 
 
-async def test_replay_puts_records_back_unchanged_and_removes_entries(fake_redis: Any) -> None:
+async def test_replay_puts_records_back_with_their_replay_time_and_removes_entries(fake_redis: Any) -> None:
     record_a = '{"id":"a","mode":"block","request_body":{"x":"é/\\""}}'
     record_b = '{"id":"b","mode":"monitor"}'
     await fake_redis.rpush(inbox_key(QUEUE), "already-queued")
@@ -112,7 +113,11 @@ async def test_replay_puts_records_back_unchanged_and_removes_entries(fake_redis
     assert await dlq.replay(fake_redis, QUEUE, ["a", "b", "unknown"]) == 2
 
     inbox = [r.decode() for r in await fake_redis.lrange(inbox_key(QUEUE), 0, -1)]
-    assert inbox == ["already-queued", record_a, record_b]
+    assert inbox[0] == "already-queued"
+    for replayed, record in zip(inbox[1:], [record_a, record_b], strict=True):
+        assert replayed.startswith(record[:-1] + ',"replayed_ms":')
+        assert abs(json.loads(replayed).pop("replayed_ms") - now_ms()) < 5_000
+        assert {k: v for k, v in json.loads(replayed).items() if k != "replayed_ms"} == json.loads(record)
     assert await dlq.all_ids(fake_redis, QUEUE) == ["c"]
     assert await dlq.count(fake_redis, QUEUE) == 1
     assert await dlq.replay(fake_redis, QUEUE, ["a"]) == 0
@@ -122,7 +127,7 @@ async def test_replay_puts_records_back_unchanged_and_removes_entries(fake_redis
 async def test_replay_with_real_redis_transaction(real_redis: Any, queue_name: str) -> None:
     await dlq.put(real_redis, queue_name, [letter("rec-1", "r1", 1), letter("rec-2", "r2", 2)])
     assert await dlq.replay(real_redis, queue_name, await dlq.all_ids(real_redis, queue_name)) == 2
-    assert await real_redis.lrange(inbox_key(queue_name), 0, -1) == [b"rec-1", b"rec-2"]
+    assert await real_redis.lrange(inbox_key(queue_name), 0, -1) == [b"rec-1", b"rec-2"], "not JSON: byte for byte"
     assert await real_redis.exists(dlq_key(queue_name), dlq_index_key(queue_name)) == 0
 
 

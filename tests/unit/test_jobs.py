@@ -10,21 +10,25 @@ from collections.abc import Callable
 from typing import Any
 
 import fakeredis
+import orjson
 import pytest
 from arq import Retry
 from arq.constants import job_key_prefix
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from akto_ingest import dlq, violations
 from akto_ingest.config import WorkerConfig
 from akto_ingest.errors import ConfigError
 from akto_ingest.queue import DEAD_LETTER_FUNCTION, DELIVER_FUNCTION, born_key, decode_job
-from akto_ingest.record import now_ms
+from akto_ingest.record import Record, now_ms
 from akto_worker import jobs
 from akto_worker.deadline import JobLimits, job_limits
 from akto_worker.delivery import Deliverer, Outcome
 from akto_worker.state import WorkerState
 from tests.fake_akto import FakeAkto
+
+from .conftest import REAL_REDIS_URL
 
 MakeDeliverer = Callable[..., Deliverer]
 Factory = Callable[..., Any]
@@ -270,6 +274,43 @@ async def test_dead_letter_job_stores_raw_text(
     assert fake_akto.records == []
 
 
+async def test_a_deliver_job_with_arguments_this_version_does_not_take_keeps_each_record(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, fake_redis: Any
+) -> None:
+    # A newer worker's job (an extra keyword) met by this one: not run, not deleted, and each record
+    # kept on its own, so a replay queues them as records this version delivers.
+    records = [record_json(id="a"), record_json(id="b")]
+    raw = orjson.dumps({"f": "deliver", "a": [records, 0], "k": {"priority": 1}, "t": 1, "et": 1})
+    job = decode_job(raw)
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG))
+
+    assert await jobs.dead_letter_job(ctx, *job["a"]) == {"dead_lettered": 2}
+
+    letters = await dlq.get_many(fake_redis, QUEUE, await dlq.all_ids(fake_redis, QUEUE))
+    assert sorted((d.id, d.record, d.reason) for d in letters) == [
+        ("a", records[0], "unrunnable_job"),
+        ("b", records[1], "unrunnable_job"),
+    ]
+    assert all("takes no keyword arguments" in d.detail for d in letters)
+    assert fake_akto.records == []
+    assert await dlq.replay_all(fake_redis, QUEUE) == 2
+    replayed = [Record.from_json(r) for r in await fake_redis.lrange(f"{QUEUE}:inbox", 0, -1)]
+    assert [r.id for r in replayed] == ["a", "b"]
+
+
+async def test_a_crash_looping_batch_with_a_record_no_parser_takes_dead_letters_every_record(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, fake_redis: Any
+) -> None:
+    deep = '{"v":1,"id":"deep","mode":"monitor","created_ms":5,"request_body":' + "[" * 3000 + "]" * 3000 + "}"
+    records = [record_json(id="a"), deep]
+    ctx = make_ctx(fake_redis, make_deliverer(fake_akto.url, **CONFIG), job_try=jobs.MAX_JOB_RUNS + 1)
+
+    assert await jobs.deliver(ctx, records, 0) == {"dead_lettered": 2}
+
+    letters = await dlq.get_many(fake_redis, QUEUE, await dlq.all_ids(fake_redis, QUEUE))
+    assert sorted((d.id, d.record, d.created_ms) for d in letters)[1] == ("deep", deep, 5)
+
+
 async def test_pickled_job_ends_in_the_dlq_as_base64(
     fake_akto: FakeAkto, make_deliverer: MakeDeliverer, fake_redis: Any
 ) -> None:
@@ -299,6 +340,62 @@ async def test_redis_failure_while_persisting_asks_arq_to_rerun(
     with pytest.raises(Retry) as info:
         await jobs.deliver(ctx, [record_json(id="a")], 0)
     assert info.value.defer_score == 5_000
+
+
+class CutAfter(Redis):
+    """A real Redis client whose round trips after the first ``allowed`` fail: the connection drops in
+    the middle of a job's persist step."""
+
+    allowed = 0
+
+    def _trip(self) -> None:
+        if self.allowed <= 0:
+            raise RedisConnectionError("connection dropped")
+        self.allowed -= 1
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self._trip()
+        return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        execute = pipe.execute
+
+        async def cut(raise_on_error: bool = True) -> Any:
+            if pipe.command_stack:
+                self._trip()
+            return await execute(raise_on_error)
+
+        pipe.execute = cut  # type: ignore[method-assign]
+        return pipe
+
+
+async def test_a_batch_is_persisted_whole_or_not_at_all(
+    fake_akto: FakeAkto, make_deliverer: MakeDeliverer, record_json: Factory, real_redis: Any, queue_name: str
+) -> None:
+    # One record to retry (Akto answers 503 for it), one dead letter (an invalid record): a connection
+    # that carries one round trip and drops must not leave the retry job stored without the dead
+    # letter, or the re-run would deliver the batch again and queue a second retry job.
+    fake_akto.configure(status=503)
+    redis = CutAfter.from_url(REAL_REDIS_URL)
+    ctx = make_ctx(redis, make_deliverer(fake_akto.url, **CONFIG), queue=queue_name)
+    try:
+        redis.allowed = 1
+        await jobs.deliver(ctx, [record_json(id="a"), "not a record"], 0)
+    finally:
+        await redis.aclose()
+    assert await real_redis.zcard(queue_name) == 1
+    assert await dlq.count(real_redis, queue_name) == 1
+
+    ctx = make_ctx(
+        redis := CutAfter.from_url(REAL_REDIS_URL), make_deliverer(fake_akto.url, **CONFIG), queue=queue_name
+    )
+    try:
+        with pytest.raises(Retry):
+            await jobs.deliver(ctx, [record_json(id="b"), "not a record either"], 0)
+    finally:
+        await redis.aclose()
+    assert (await real_redis.zcard(queue_name), await dlq.count(real_redis, queue_name)) == (1, 1), "none of it"
 
 
 def test_job_ttl_outlives_retention_by_a_day() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from akto_ingest.logs import JsonFormatter, setup
+from akto_ingest.logs import JsonFormatter, mask_urls, setup
 
 
 def _format(msg: str, *args: object, **extra: object) -> dict[str, object]:
@@ -88,3 +88,26 @@ def test_json_format_is_our_own_handler_and_stops_propagation(
     assert len(logger.handlers) == 1
     assert host.lines == []
     assert json.loads(capsys.readouterr().err)["call_id"] == "c2"
+
+
+def test_url_credentials_are_masked_in_messages_and_exception_text(caplog: pytest.LogCaptureFixture) -> None:
+    name = f"akto_test_{uuid.uuid4().hex[:6]}"
+    logger = setup(name)
+    with caplog.at_level(logging.INFO, logger=name):
+        logger.info("akto worker ready: akto=%s redis=%s", "http://user:s3cret@akto:9090", "redis://:pw2@r:6379/0")
+        try:
+            raise ConnectionError("cannot reach redis+sentinel://admin:pw3@s1:26379,s2/mymaster")
+        except ConnectionError:
+            logger.exception("failed")
+    text = caplog.text
+    assert "akto=http://***@akto:9090" in text
+    assert "redis://***@r:6379/0" in text
+    assert "redis+sentinel://***@s1:26379" in text
+    for secret in ("s3cret", "pw2", "pw3", "admin"):
+        assert secret not in text
+
+
+def test_only_the_credentials_of_a_url_are_masked() -> None:
+    assert mask_urls("akto=https://u:p@akto.example.com/x?q=1 and http://plain/") == (
+        "akto=https://***@akto.example.com/x?q=1 and http://plain/"
+    )

@@ -8,15 +8,19 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import orjson
+import pytest
 from arq.constants import job_key_prefix
 
 from akto_ingest.queue import (
     DEAD_LETTER_FUNCTION,
     DELIVER_FUNCTION,
     Claimer,
+    dead_letter_call,
     decode_job,
     encode_job,
     enqueue_batch,
+    frame_problem,
     inbox_key,
     job_frame,
     job_payload,
@@ -82,7 +86,45 @@ def test_decode_job_json_that_is_not_our_job_is_a_dead_letter_call() -> None:
     for raw in cases:
         job = decode_job(raw)
         assert job["f"] == DEAD_LETTER_FUNCTION, raw
-        assert job["a"] == [base64.b64encode(raw).decode(), "job is JSON but not an Akto ingest job"]
+        assert job["a"][0] == base64.b64encode(raw).decode()
+        assert job["a"][1].endswith("; it was not executed"), job["a"][1]
+
+
+RECORDS = ['{"v":1,"id":"a"}', '{"v":1,"id":"b"}']
+
+
+@pytest.mark.parametrize(
+    ("frame", "named"),
+    [
+        ({"f": "deliver", "a": [RECORDS]}, "deliver takes (records: list of text, attempt: integer >= 0)"),
+        ({"f": "deliver", "a": [RECORDS, 0], "k": {"priority": 1}}, "no keyword arguments; this job has priority"),
+        ({"f": "deliver", "a": [RECORDS, 0, "extra"]}, "this job has 3 argument(s) (list, int, str)"),
+        ({"f": "deliver", "a": [RECORDS, "0"]}, "deliver takes"),
+        ({"f": "deliver", "a": [RECORDS, -1]}, "deliver takes"),
+        ({"f": "deliver", "a": [RECORDS, True]}, "deliver takes"),
+        ({"f": "deliver", "a": [[{"id": "a"}], 0]}, "deliver takes"),
+        ({"f": "deliver", "a": [RECORDS, 0], "k": []}, "deliver job has no argument list"),
+        ({"f": "deliver", "a": [RECORDS, 0], "t": "1"}, "try count or enqueue time is not a number"),
+        ({"f": "deliver", "a": [RECORDS, 0], "et": None}, "try count or enqueue time is not a number"),
+        ({"f": "dead_letter_job", "a": ["not base64 !", "why"]}, "dead_letter_job takes (raw job: base64 text"),
+        ({"f": "dead_letter_job", "a": ["aGk="]}, "dead_letter_job takes"),
+        ({"f": "dead_letter_job", "a": ["aGk=", "why"], "k": {"x": 1}}, "takes no keyword arguments"),
+    ],
+)
+def test_a_job_this_worker_cannot_run_as_it_is_becomes_a_dead_letter_call(frame: dict[str, Any], named: str) -> None:
+    # As during a rolling deploy of two versions: arq would call the function with these arguments,
+    # it would raise TypeError, and arq would delete the job and every record in it.
+    raw = orjson.dumps(frame)
+    job = decode_job(raw)
+    assert job["f"] == DEAD_LETTER_FUNCTION
+    assert job["a"][0] == base64.b64encode(raw).decode()
+    assert named in job["a"][1]
+    assert frame_problem(job) == "", "the dead-letter call itself always has a frame this worker runs"
+
+
+def test_a_dead_letter_call_of_ours_passes_through() -> None:
+    job = dead_letter_call(b"\x80anything", "why")
+    assert decode_job(orjson.dumps(job)) == job
 
 
 def test_decode_job_of_invalid_utf8_is_a_dead_letter_call() -> None:

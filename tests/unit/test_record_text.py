@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from akto_ingest.record import TEXT_REPAIRED, Record, encodable
+from akto_ingest.jsonvalue import repair_text
+from akto_ingest.record import TEXT_REPAIRED, Record
 
 LONE = "\ud800"
 
@@ -42,7 +43,7 @@ def test_lone_surrogate_in_a_text_field_still_builds_a_record() -> None:
 
 
 def test_a_valid_surrogate_pair_becomes_its_character() -> None:
-    assert encodable("\ud83d\ude00 and \udcff") == "\U0001f600 and \ufffd"
+    assert repair_text("\ud83d\ude00 and \udcff") == "\U0001f600 and \ufffd"
 
 
 def test_values_json_has_no_form_for_become_text() -> None:

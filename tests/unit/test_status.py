@@ -14,7 +14,9 @@ from redis.exceptions import RedisError
 from akto_ingest import dlq
 from akto_ingest.cli import main, status
 from akto_ingest.queue import (
+    REPORT_KEEP_MS,
     Claimer,
+    backlog,
     born_key,
     dlq_index_key,
     dlq_key,
@@ -22,6 +24,7 @@ from akto_ingest.queue import (
     heartbeat_key,
     inbox_key,
     job_done,
+    report,
     spool_status_key,
 )
 from akto_ingest.record import Record
@@ -151,6 +154,39 @@ async def test_status_counts_only_its_own_queues_jobs_in_progress(real_redis: An
             other, job_key_prefix + theirs, in_progress_key_prefix + mine, in_progress_key_prefix + theirs
         )
     assert result["in_progress_jobs"] == 1
+    assert result["ready_jobs"] == 0, "a running job is counted once, as in progress"
+
+
+async def test_the_backlog_counts_a_running_job_once(real_redis: Any, queue_name: str) -> None:
+    running = await enqueue_batch(real_redis, queue_name, ["{}"], attempt=0, defer_ms=0, ttl_ms=60_000)
+    await enqueue_batch(real_redis, queue_name, ["{}"], attempt=0, defer_ms=0, ttl_ms=60_000)
+    await enqueue_batch(real_redis, queue_name, ["{}"], attempt=1, defer_ms=600_000, ttl_ms=60_000)
+    await real_redis.psetex(in_progress_key_prefix + running, 60_000, b"1")
+    try:
+        waiting = await backlog(real_redis, queue_name)
+    finally:
+        await real_redis.delete(in_progress_key_prefix + running)
+    assert (waiting.ready_jobs, waiting.running_jobs, waiting.deferred_jobs) == (1, 1, 1)
+
+
+async def test_per_process_hashes_drop_processes_gone_for_an_hour_and_expire(real_redis: Any, queue_name: str) -> None:
+    now = int(time.time() * 1000)
+    workers, spools = heartbeat_key(queue_name), spool_status_key(queue_name)
+    try:
+        # Restarted processes leave their entries behind (each start is a new host:pid).
+        await real_redis.hset(workers, mapping={"gone:1": now - REPORT_KEEP_MS - 1, "recent:2": now - 120_000})
+        await real_redis.hset(spools, "gone:1", json.dumps({"bytes": 1, "dropped": 0, "updated_ms": 1}))
+        await real_redis.hset(spools, "recent:2", json.dumps({"bytes": 1, "dropped": 0, "updated_ms": now - 1000}))
+
+        await report(real_redis, workers, "me:3", str(now))
+        await report(real_redis, spools, "me:3", json.dumps({"bytes": 0, "dropped": 0, "updated_ms": now}))
+
+        for key in (workers, spools):
+            assert sorted(k.decode() for k in await real_redis.hkeys(key)) == ["me:3", "recent:2"]
+            assert 0 < await real_redis.pttl(key) <= REPORT_KEEP_MS
+        assert sorted((await status(real_redis, queue_name))["workers"]) == ["me:3", "recent:2"]
+    finally:
+        await real_redis.delete(workers, spools)
 
 
 @pytest.mark.parametrize("limit", ["0", "-1"])

@@ -10,7 +10,7 @@ import socket
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from akto_ingest.queue import Claimer, backlog, heartbeat_key
+from akto_ingest.queue import Claimer, backlog, heartbeat_key, report
 from akto_ingest.record import now_ms
 
 from . import metrics
@@ -45,9 +45,10 @@ async def report_backlog(redis: Redis, queue: str) -> None:
         try:
             waiting = await backlog(redis, queue)
             metrics.BACKLOG.labels("ready").set(waiting.ready_jobs)
+            metrics.BACKLOG.labels("running").set(waiting.running_jobs)
             metrics.BACKLOG.labels("deferred").set(waiting.deferred_jobs)
             metrics.BACKLOG.labels("inbox").set(waiting.inbox)
-            await redis.hset(heartbeat_key(queue), me, str(now_ms()))  # type: ignore[misc]  # redis-py types sync|async
+            await report(redis, heartbeat_key(queue), me, str(now_ms()))
         except RedisError as exc:
             log.warning("cannot read the queue backlog: %s", exc)
         await asyncio.sleep(GAUGE_INTERVAL_SECONDS)

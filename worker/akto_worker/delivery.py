@@ -9,16 +9,19 @@ running at the job's delivery deadline, means retry.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import re
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from akto_ingest import dlq, violations
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings, WorkerConfig
 from akto_ingest.errors import AktoError, AktoHTTPError, RecordTooLarge
+from akto_ingest.queue import MAX_CREATED_MS, MIN_CREATED_MS, oldest_created_ms
 from akto_ingest.record import Record, now_ms
 from akto_ingest.wire import (
     BATCH_PREFIX,
@@ -121,7 +124,12 @@ class Deliverer:
     def _prepare(self, raw: str) -> _Item | Dead:
         try:
             record = Record.from_json(raw)
-            body = envelope(record, self._akto)
+            try:
+                body = envelope(record, self._akto)
+            except TypeError:
+                # A value orjson cannot write (an integer past 64 bits): carried as its text.
+                record = record.repaired()
+                body = envelope(record, self._akto)
             encoded = encode(body, INGEST_DATA_LIMITS)
         except RecordTooLarge as exc:
             return Dead(
@@ -250,7 +258,7 @@ class Deliverer:
                     found.append(violation)
             elif isinstance(result, Dead):
                 dead.append(result.letter)
-            elif result.item.record.created_ms < oldest_allowed:
+            elif result.item.record.retained_from_ms < oldest_allowed:
                 dead.append(
                     dlq.make(
                         result.item.raw,
@@ -321,12 +329,34 @@ def _chunks(items: list[_Item]) -> Iterator[tuple[list[_Item], list[bytes]]]:
 
 
 def dead_letter_for(raw: str, *, reason: str, detail: str, attempts: int = 0) -> dlq.DeadLetter:
-    """A dead letter for a raw queue entry, keyed by its record's id when one can be read."""
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = None
-    fields = value if isinstance(value, dict) else {}
-    record_id = fields.get("id") if isinstance(fields.get("id"), str) and fields.get("id") else None
-    created = fields.get("created_ms") if isinstance(fields.get("created_ms"), int) else None
+    """A dead letter for a raw queue entry, keyed by its record's id when one can be read. Never raises,
+    whatever ``raw`` holds: it is the last step of every failure path."""
+    record_id, created = _id_and_capture_time(raw)
     return dlq.make(raw, record_id=record_id, reason=reason, detail=detail, attempts=attempts, created_ms=created)
+
+
+# A record's own id and capture time come first in its JSON (``{"v":1,"id":…,"mode":…,"created_ms":…``),
+# so an entry no parser takes still names them.
+_LEADING_ID = re.compile(r'\s*\{\s*"v"\s*:\s*\d+\s*,\s*"id"\s*:\s*("(?:[^"\\]|\\.){1,1000}")')
+
+
+def _id_and_capture_time(raw: str) -> tuple[str | None, int | None]:
+    """The id and ``created_ms`` of a raw entry, each None when it does not say. orjson's parser stops at
+    1,024 levels with an error, where ``json`` would recurse to a ``RecursionError``."""
+    try:
+        fields = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        fields = None
+    if isinstance(fields, dict):
+        record_id, created = fields.get("id"), fields.get("created_ms")
+    else:
+        found = _LEADING_ID.match(raw)
+        try:
+            record_id = orjson.loads(found.group(1)) if found else None
+        except orjson.JSONDecodeError:
+            record_id = None
+        created = oldest_created_ms([raw], default=0) or None
+    return (
+        record_id if isinstance(record_id, str) and record_id else None,
+        created if type(created) is int and MIN_CREATED_MS <= created <= MAX_CREATED_MS else None,
+    )

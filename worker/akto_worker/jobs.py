@@ -14,7 +14,7 @@ from arq import Retry
 from redis.exceptions import RedisError
 
 from akto_ingest import dlq, violations
-from akto_ingest.queue import enqueue_batch, job_done
+from akto_ingest.queue import add_batch, job_done, job_records
 
 from . import metrics
 from .deadline import job_limits
@@ -95,21 +95,23 @@ async def _persist(
     loop's clock), or raise ``Retry``: the job is still in Redis, so arq runs all of it again later
     and nothing is lost."""
     try:
-        async with asyncio.timeout_at(deadline):
+        async with asyncio.timeout_at(deadline), redis.pipeline(transaction=True) as pipe:
+            # One transaction, one round trip: Redis stores all of it or none of it, so a re-run never
+            # meets a half-stored batch (its retry job stored, its dead letters not) and queues its
+            # retries a second time.
             if retry:
                 delay = backoff_seconds(attempt, state.config.backoff_base, state.config.backoff_max)
-                await enqueue_batch(
-                    redis,
+                add_batch(
+                    pipe,
                     state.queue_name,
                     retry,
                     attempt=attempt + 1,
                     defer_ms=int(delay * 1000),
                     ttl_ms=state.job_ttl_ms,
                 )
-            if letters:
-                await dlq.put(redis, state.queue_name, letters)
-            if found:
-                await violations.add(redis, state.queue_name, found)
+            await dlq.put_in(pipe, state.queue_name, letters)
+            violations.add_in(pipe, state.queue_name, found or [])
+            await pipe.execute()
     except (RedisError, TimeoutError) as exc:
         log.error(
             "cannot store %d retry record(s) and %d dead letter(s) in time (%s); the whole batch will run again",
@@ -131,15 +133,22 @@ async def _persist(
 
 
 async def dead_letter_job(ctx: dict[str, Any], raw_b64: str, reason: str) -> dict[str, int]:
-    """Store a queue entry that is not one of our JSON jobs, without ever executing it."""
+    """Store a queue entry this worker cannot run (``decode_job`` checked its frame), without ever
+    executing it. A ``deliver`` job with arguments this version does not take keeps each of its records
+    as a dead letter of its own (``unrunnable_job``), so a replay queues them as records; anything else is
+    one dead letter of the whole entry (``undecodable_job``)."""
     raw = base64.b64decode(raw_b64)
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError:
-        text = "base64:" + raw_b64
+    records = job_records(raw)
+    if records is not None:
+        letters = [dead_letter_for(record, reason="unrunnable_job", detail=reason) for record in records]
+    else:
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            text = "base64:" + raw_b64
+        letters = [dlq.make(text, record_id=None, reason="undecodable_job", detail=reason)]
     state: WorkerState = ctx["akto"]
-    letter = dlq.make(text, record_id=None, reason="undecodable_job", detail=reason)
     limits = job_limits(state.config.delivery_timeout)
     deadline = asyncio.get_running_loop().time() + limits.delivery_seconds + limits.persist_seconds
-    await _persist(ctx["redis"], state, [], [letter], 0, deadline)
-    return {"dead_lettered": 1}
+    await _persist(ctx["redis"], state, [], letters, 0, deadline)
+    return {"dead_lettered": len(letters)}

@@ -89,6 +89,8 @@ async def check_redis_durability(redis: Redis) -> list[str]:
 async def startup(ctx: dict[str, Any], config: Config) -> None:
     """arq's ``on_startup``: the Akto client, the collector and the probes, all kept in ``ctx``."""
     logs.setup("akto_worker")
+    # arq logs each job's failure with its exception, which may name a URL.
+    logs.mask_credentials("arq.worker", "arq.connections")
     ctx["config"] = config
     redis: Redis = ctx["redis"]
     for warning in await check_redis_durability(redis):
@@ -113,7 +115,7 @@ async def startup(ctx: dict[str, Any], config: Config) -> None:
     log.info(
         "akto worker ready: queue=%s akto=%s mode=%s concurrency=%d batch=%d",
         state.queue_name,
-        config.akto.akto_base_url,
+        logs.mask_urls(config.akto.akto_base_url),
         config.worker.delivery_mode,
         config.worker.concurrency,
         config.worker.batch_size,

@@ -19,6 +19,7 @@ from . import lifecycle
 from .claims import survive_connection_drops
 from .deadline import job_limits
 from .jobs import dead_letter_job, deliver
+from .stopping import bound_close
 
 config = lifecycle.Config.load()
 
@@ -28,6 +29,8 @@ limits = job_limits(config.worker.delivery_timeout)
 JOB_TIMEOUT_SECONDS = limits.job_timeout
 # arq's claim can die on a dropped Redis connection; patched once, before arq builds its Worker.
 survive_connection_drops()
+# arq's close retries Redis for minutes when it is gone; bounded so a stop ends within the grace period.
+bound_close()
 
 
 async def startup(ctx: dict[str, Any]) -> None:
