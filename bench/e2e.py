@@ -153,7 +153,7 @@ def _our_cpu_share(bench: Bench, seconds: float) -> tuple[float, float, float] |
     cpu = procfs.cpu_seconds(proxy.proc.popen.pid) - cpu0
     profile.finish(spy)
     part = profile.share(out, OUR_FRAMES)
-    redis = profile.share(out, ("(redis/", "(akto_hook/rpush.py"), within=OUR_FRAMES)
+    redis = profile.share(out, ("(redis/", "(akto_hook/recording/rpush.py"), within=OUR_FRAMES)
     return None if part is None else (part, cpu / max(1, result.ok) * 1000, redis or 0.0)
 
 

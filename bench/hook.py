@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from akto_hook import capture
-from akto_hook.enqueue import Enqueuer
+from akto_hook.recording.enqueue import Enqueuer
+from akto_hook.views import capture
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings, HookSettings
 from akto_ingest.wire import encode, envelope

@@ -58,9 +58,9 @@ async def _drive(case: str, n: int, redis_url: str, akto_url: str, spool: Path) 
     _load_hook_without_litellm()
     from pydantic import SecretStr
 
-    from akto_hook import capture
-    from akto_hook.check import InlineCheck
-    from akto_hook.enqueue import Enqueuer
+    from akto_hook.recording.enqueue import Enqueuer
+    from akto_hook.verdicts.check import InlineCheck
+    from akto_hook.views import capture
     from akto_ingest.akto_client import AktoClient
     from akto_ingest.config import AktoSettings
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from akto_hook import capture
+from akto_hook.views import capture
 from akto_ingest.config import WorkerConfig
 from tests.stack import worker_env
 

@@ -35,10 +35,10 @@ from akto_ingest.config import AktoSettings, HookSettings, QueueSettings
 from akto_ingest.errors import ConfigError
 from akto_ingest.record import Record
 
-from . import capture, mcp
-from .enqueue import Enqueuer
 from .guardrail import AktoGuardrail
-from .spool import default_dir
+from .recording.enqueue import Enqueuer
+from .recording.spool import default_dir
+from .views import capture, mcp
 
 log = logging.getLogger("akto_hook")
 

@@ -27,12 +27,14 @@ from akto_ingest.config import GUARDRAIL_KEYS, AktoSettings, HookSettings, OnFla
 from akto_ingest.errors import ConfigError
 from akto_ingest.record import Record
 
-from . import calls, capture, masking, mcp, metrics, reporting, views
-from .check import Decision, Failure, InlineCheck, blocked_fields, fallback_passes
-from .enqueue import Enqueuer
-from .file_check import FileCheck, with_files
-from .response_check import ResponseCheck
-from .spool import default_dir
+from . import calls, metrics, views
+from .recording.enqueue import Enqueuer
+from .recording.spool import default_dir
+from .verdicts import masking, reporting
+from .verdicts.check import Decision, Failure, InlineCheck, blocked_fields, fallback_passes
+from .verdicts.file_check import FileCheck, with_files
+from .verdicts.response_check import ResponseCheck
+from .views import capture, mcp
 
 log = logging.getLogger("akto_hook")
 

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from akto_hook.enqueue import Enqueuer
+from akto_hook.recording.enqueue import Enqueuer
 from akto_ingest.record import Record
 from tests.stack import (
     BIN,

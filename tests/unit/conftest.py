@@ -24,7 +24,7 @@ from redis.asyncio import Redis  # noqa: E402
 from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
 
-from akto_hook.enqueue import Enqueuer  # noqa: E402
+from akto_hook.recording.enqueue import Enqueuer  # noqa: E402
 from akto_ingest.akto_client import AktoClient  # noqa: E402
 from akto_ingest.config import AktoSettings, WorkerConfig  # noqa: E402
 from akto_ingest.queue import dlq_index_key, dlq_key, inbox_key, violations_key  # noqa: E402

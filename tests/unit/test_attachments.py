@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from akto_hook import attachments, views
+from akto_hook import views
+from akto_hook.views import attachments
 
 DATA = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 B64 = base64.b64encode(DATA).decode()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from akto_hook import recovery, spool
-from akto_hook.enqueue import Enqueuer
+from akto_hook.recording import recovery, spool
+from akto_hook.recording.enqueue import Enqueuer
 from akto_ingest.queue import inbox_key
 from akto_ingest.record import Record
 from tests.stack import new_redis

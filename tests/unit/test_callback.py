@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from akto_hook import AktoLogger, ConfigError
 from akto_hook.callback import _ExitSafeExecutor, _Writer
-from akto_hook.enqueue import Enqueuer
+from akto_hook.recording.enqueue import Enqueuer
 from akto_ingest.queue import inbox_key
 from tests.unit.conftest import REAL_REDIS_URL, RecordFactory
 

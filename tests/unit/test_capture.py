@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from akto_hook import capture, views
+from akto_hook import views
+from akto_hook.views import capture
 from akto_ingest.config import AktoSettings
 from akto_ingest.record import Record
 from akto_ingest.wire import MESSAGE_ID_HEADER, envelope

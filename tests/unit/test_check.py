@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from akto_hook import metrics
-from akto_hook.check import OVERLAP_CHARS, Failure, InlineCheck, check_bodies, fallback_passes, split
+from akto_hook.verdicts.check import OVERLAP_CHARS, Failure, InlineCheck, check_bodies, fallback_passes, split
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import AktoSettings
 from akto_ingest.record import TEXT_REPAIRED, Record

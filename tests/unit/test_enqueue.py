@@ -14,9 +14,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from akto_hook import recovery
-from akto_hook.enqueue import Enqueuer
-from akto_hook.writer import Entry, GroupWriter
+from akto_hook.recording import recovery
+from akto_hook.recording.enqueue import Enqueuer
+from akto_hook.recording.writer import Entry, GroupWriter
 from akto_ingest.queue import inbox_key
 from akto_ingest.record import Record
 
@@ -275,8 +275,8 @@ async def test_a_flush_cancelled_mid_push_answers_its_callers_at_once() -> None:
 SDK_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
-from akto_hook.enqueue import Enqueuer
-from akto_hook.writer import Entry, GroupWriter
+from akto_hook.recording.enqueue import Enqueuer
+from akto_hook.recording.writer import Entry, GroupWriter
 from akto_ingest.record import Record
 
 async def main() -> None:

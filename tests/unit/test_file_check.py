@@ -12,9 +12,11 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from akto_hook import attachments, masking, views
-from akto_hook.check import Decision, InlineCheck
-from akto_hook.file_check import UNMASKABLE, FileCheck, with_files
+from akto_hook import views
+from akto_hook.verdicts import masking
+from akto_hook.verdicts.check import Decision, InlineCheck
+from akto_hook.verdicts.file_check import UNMASKABLE, FileCheck, with_files
+from akto_hook.views import attachments
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.errors import AktoHTTPError, RecordTooLarge
 from akto_ingest.record import Record

@@ -13,7 +13,9 @@ from fastapi import HTTPException
 from litellm.types.guardrails import LitellmParams
 from redis.asyncio import Redis
 
-from akto_hook import AktoGuardrail, capture, metrics, reporting
+from akto_hook import AktoGuardrail, metrics
+from akto_hook.verdicts import reporting
+from akto_hook.views import capture
 from akto_ingest.errors import ConfigError
 from akto_ingest.queue import inbox_key
 from akto_ingest.record import Record

@@ -65,7 +65,7 @@ def test_import_stops_before_litellm_internals_on_an_old_release(monkeypatch: py
         with pytest.raises(UnsupportedLiteLLM, match=r"needs LiteLLM >=1\.81\.14,<1\.111; found LiteLLM 1\.80\.17"):
             importlib.import_module("akto_hook")
         # The check ran before the modules that import LiteLLM's internals.
-        assert "akto_hook.guardrail" not in sys.modules and "akto_hook.reporting" not in sys.modules
+        assert "akto_hook.guardrail" not in sys.modules and "akto_hook.verdicts.reporting" not in sys.modules
     finally:
         for name in [n for n in sys.modules if n == "akto_hook" or n.startswith("akto_hook.")]:
             del sys.modules[name]

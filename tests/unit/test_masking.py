@@ -1,4 +1,4 @@
-"""Mapping Akto's masks back onto requests and responses (``akto_hook.masking``)."""
+"""Mapping Akto's masks back onto requests and responses (``akto_hook.verdicts.masking``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from akto_hook import masking
-from akto_hook.check import Decision, Mask, split
+from akto_hook.verdicts import masking
+from akto_hook.verdicts.check import Decision, Mask, split
 from akto_ingest.record import Record
 from akto_ingest.wire import Verdict
 

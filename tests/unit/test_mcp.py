@@ -13,7 +13,8 @@ from litellm.proxy._experimental.mcp_server.exceptions import MCPToolResultError
 from mcp.types import CallToolResult, ImageContent, TextContent
 from redis.asyncio import Redis
 
-from akto_hook import AktoGuardrail, mcp
+from akto_hook import AktoGuardrail
+from akto_hook.views import mcp
 from akto_ingest.config import AktoSettings
 from akto_ingest.queue import inbox_key
 from akto_ingest.record import Record

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from akto_hook.enqueue import Enqueuer
+from akto_hook.recording.enqueue import Enqueuer
 from akto_ingest import jsonvalue
 from akto_ingest.config import AktoSettings
 from akto_ingest.record import Record

@@ -1,4 +1,4 @@
-"""The opt-in response check (``akto_hook.response_check``) against the in-process fake Akto."""
+"""The opt-in response check (``akto_hook.verdicts.response_check``) against the in-process fake Akto."""
 
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ from litellm.types.utils import (
 )
 from pydantic import BaseModel
 
-from akto_hook import calls, masking, metrics
-from akto_hook.response_check import ResponseCheck, StreamRefused
+from akto_hook import calls, metrics
+from akto_hook.verdicts import masking
+from akto_hook.verdicts.response_check import ResponseCheck, StreamRefused
 from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import HookSettings
 from akto_ingest.record import Record

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from akto_hook.rpush import Pusher, packed_rpush
+from akto_hook.recording.rpush import Pusher, packed_rpush
 from akto_ingest.connections import redis_client
 from akto_ingest.queue import inbox_key
 from akto_ingest.record import Record

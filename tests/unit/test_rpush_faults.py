@@ -15,9 +15,9 @@ import pytest_asyncio
 from redis.asyncio import Redis
 from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
-from akto_hook import recovery
-from akto_hook.enqueue import Enqueuer, close_all
-from akto_hook.rpush import Pusher
+from akto_hook.recording import recovery
+from akto_hook.recording.enqueue import Enqueuer, close_all
+from akto_hook.recording.rpush import Pusher
 from akto_ingest.connections import redis_client
 from akto_ingest.queue import inbox_key
 from akto_ingest.record import Record

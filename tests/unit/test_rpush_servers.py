@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from akto_hook.rpush import Pusher
+from akto_hook.recording.rpush import Pusher
 from akto_ingest.connections import redis_client
 from akto_ingest.queue import inbox_key
 from tests.stack import Proc, free_port, spawn

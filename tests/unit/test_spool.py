@@ -16,9 +16,9 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from akto_hook import recovery
-from akto_hook import spool as spool_module
-from akto_hook.enqueue import Enqueuer
+from akto_hook.recording import recovery
+from akto_hook.recording import spool as spool_module
+from akto_hook.recording.enqueue import Enqueuer
 from akto_ingest.queue import inbox_key
 from akto_ingest.record import Record
 

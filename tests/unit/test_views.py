@@ -15,8 +15,9 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from akto_hook import capture, views
-from akto_hook.check import check_bodies, split
+from akto_hook import views
+from akto_hook.verdicts.check import check_bodies, split
+from akto_hook.views import capture
 from akto_ingest.record import Record
 
 from .conftest import akto_settings

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .. import attachments
+from . import attachments
 from .redact import REDACTED, credential
 
 # LiteLLM's own additions to a request (none of them goes to the LLM as the client's content):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .. import attachments
+from . import attachments
 from .generic import Segment, as_json
 from .generic import segments as generic_segments
 

@@ -30,7 +30,7 @@ import orjson
 
 from akto_ingest.record import Record
 
-from . import calls
+from .. import calls
 from .check import Decision, Mask, blocked_fields
 
 Path = tuple[str | int, ...]

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from . import metrics
+from .. import metrics
 
 log = logging.getLogger("akto_hook")
 

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from akto_ingest.queue import report, spool_status_key
 from akto_ingest.record import now_ms
 
-from . import metrics
+from .. import metrics
 from .spool import Push, Spool
 from .writer import Entry, GroupWriter
 

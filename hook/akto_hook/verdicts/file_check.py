@@ -22,7 +22,8 @@ from akto_ingest.errors import RecordTooLarge
 from akto_ingest.record import Record
 from akto_ingest.wire import ALLOW, Verdict, files_body
 
-from . import attachments, views
+from .. import views
+from ..views import attachments
 from .check import Decision, Failure, ask
 
 log = logging.getLogger("akto_hook")

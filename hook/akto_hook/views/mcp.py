@@ -24,7 +24,8 @@ from typing import Any
 from akto_ingest.config import OnFlagged
 from akto_ingest.record import Record
 
-from . import attachments, capture, views
+from .. import views
+from . import attachments, capture
 from .capture import as_dict
 
 MCP_PATH = "/mcp"

@@ -39,7 +39,9 @@ from akto_ingest.errors import RecordTooLarge
 from akto_ingest.record import Record
 from akto_ingest.wire import Verdict, encode, envelope
 
-from . import calls, capture, masking, metrics
+from .. import calls, metrics
+from ..views import capture
+from . import masking
 from .check import Failure, ask, blocked_fields, fallback_passes, repaired_envelope
 
 log = logging.getLogger("akto_hook")

@@ -37,8 +37,8 @@ from akto_ingest.errors import AktoBadResponse, AktoError, AktoHTTPError, AktoUn
 from akto_ingest.record import Record
 from akto_ingest.wire import ALLOW, MAX_STRING_BYTES, Verdict, encode, envelope
 
-from . import metrics, views
-from .views.generic import as_json
+from .. import metrics, views
+from ..views.generic import as_json
 
 log = logging.getLogger("akto_hook")
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import metrics
+from .. import metrics
 
 log = logging.getLogger("akto_hook")
 

@@ -16,7 +16,8 @@ from urllib.parse import urlparse
 from akto_ingest.config import OnFlagged
 from akto_ingest.record import Record
 
-from . import attachments, metrics, views
+from .. import metrics, views
+from . import attachments
 
 log = logging.getLogger("akto_hook")
 
