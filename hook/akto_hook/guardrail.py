@@ -26,12 +26,13 @@ from akto_ingest.akto_client import AktoClient
 from akto_ingest.config import GUARDRAIL_KEYS, AktoSettings, HookSettings, OnFlagged, QueueSettings
 from akto_ingest.errors import ConfigError
 from akto_ingest.record import Record
+from akto_ingest.wire import Verdict
 
 from . import calls, metrics, views
 from .recording.enqueue import Enqueuer
 from .recording.spool import default_dir
 from .verdicts import masking, reporting
-from .verdicts.check import Decision, Failure, InlineCheck, blocked_fields, fallback_passes
+from .verdicts.check import DEFAULT_REASON, Decision, Failure, InlineCheck, blocked_fields, fallback_passes
 from .verdicts.file_check import FileCheck, with_files
 from .verdicts.response_check import ResponseCheck
 from .views import capture, mcp
@@ -58,6 +59,15 @@ def _resolve_on_flagged(params: dict[str, Any], env: Mapping[str, str]) -> None:
     value = params.get("on_flagged")
     if value is not None and value == _litellm_default("on_flagged") and env.get("AKTO_ON_FLAGGED"):
         params["on_flagged"] = None
+
+
+def _unbuilt(exc: Exception, data: Mapping[str, Any]) -> Failure:
+    """The failure of a check that could not be built: never a pass as if it had been checked."""
+    if isinstance(exc, views.Unreadable):
+        return Failure("unreadable_request", str(exc))
+    # Our own bug must not decide the request: it is a check that could not be made.
+    log.exception("akto check could not be built call_id=%s", data.get("litellm_call_id"))
+    return Failure("internal_error", f"cannot build the check: {exc}")
 
 
 class AktoGuardrail(CustomGuardrail):
@@ -215,15 +225,8 @@ class AktoGuardrail(CustomGuardrail):
         since = time.time()
         try:
             record = build() if build is not None else capture.from_request(data, "block")
-        except views.Unreadable as exc:
-            # Deny by default: what cannot be read is not passed as if it had been checked.
-            failure = Failure("unreadable_request", str(exc))
-            self._report_fallback(data, failure, since, during_call)
-            return self._unchecked(str(data.get("litellm_call_id")), failure, data)
         except Exception as exc:
-            # Our own bug must not decide the request: it is a check that could not be made.
-            log.exception("akto check could not be built call_id=%s", data.get("litellm_call_id"))
-            failure = Failure("internal_error", f"cannot build the check: {exc}")
+            failure = _unbuilt(exc, data)
             self._report_fallback(data, failure, since, during_call)
             return self._unchecked(str(data.get("litellm_call_id")), failure, data)
         started = time.perf_counter()
@@ -233,17 +236,7 @@ class AktoGuardrail(CustomGuardrail):
             metrics.CHECK_SECONDS.observe(time.perf_counter() - started)
         verdict = decision.verdict
         if decision.blocks:
-            metrics.BLOCKED.inc()
-            metrics.count_violation("blocked", verdict)
-            self._blocked[calls.key_of(data)] = None
-            log.info(
-                "akto blocked call_id=%s reason=%r policy=%r rule=%r severity=%s",
-                record.id,
-                decision.reason,
-                verdict.policy,
-                verdict.rule,
-                verdict.severity or "-",
-            )
+            self._note_blocked(data, record.id, verdict)
             reporting.report(self, data, "blocked", started=since, verdict=verdict, during_call=during_call)
             update = blocked_fields(decision.reason, verdict)
             if during_call:
@@ -278,6 +271,20 @@ class AktoGuardrail(CustomGuardrail):
             reporting.report(self, data, status, started=since, verdict=verdict, during_call=during_call)
         return data
 
+    def _note_blocked(self, data: dict[str, Any], call_id: str, verdict: Verdict) -> None:
+        """Count and log a block; LiteLLM's failure log of the call then keeps no second record."""
+        metrics.BLOCKED.inc()
+        metrics.count_violation("blocked", verdict)
+        self._blocked[calls.key_of(data)] = None
+        log.info(
+            "akto blocked call_id=%s reason=%r policy=%r rule=%r severity=%s",
+            call_id,
+            verdict.reason or DEFAULT_REASON,
+            verdict.policy,
+            verdict.rule,
+            verdict.severity or "-",
+        )
+
     def _report_fallback(self, data: dict[str, Any], failure: Failure, since: float, during_call: bool) -> None:
         fallback = self.settings.unreachable_fallback
         reporting.report(self, data, fallback, started=since, failure=failure, during_call=during_call)
@@ -293,18 +300,8 @@ class AktoGuardrail(CustomGuardrail):
                 data, record, decision, during_call=during_call, returns_discarded=discarded
             )
         except masking.Unmappable as exc:
-            metrics.BLOCKED.inc()
-            self._blocked[calls.key_of(data)] = None
             refused = dataclasses.replace(decision.verdict, reason=str(exc))
-            metrics.count_violation("blocked", refused)
-            log.info(
-                "akto blocked call_id=%s reason=%r policy=%r rule=%r severity=%s",
-                record.id,
-                str(exc),
-                refused.policy,
-                refused.rule,
-                refused.severity or "-",
-            )
+            self._note_blocked(data, record.id, refused)
             reporting.report(self, data, "blocked", started=since, verdict=refused, during_call=during_call)
             await self._enqueuer.put(masking.refused_record(record, decision, str(exc), during_call=during_call))
             raise HTTPException(status_code=400, detail=str(exc)) from None

@@ -56,6 +56,8 @@ FailureReason = Literal[
 # The reasons that are Akto's: the spec's "Akto unreachable" and "Akto returns error" rows.
 AKTO_REASONS: frozenset[FailureReason] = frozenset({"unreachable", "http_error", "unreadable_body", "akto_fail_open"})
 
+# The client's reason when Akto blocks without giving one.
+DEFAULT_REASON = "Blocked by Akto guardrail"
 # A part's requestPayload stays this far under Akto's string limit: room for the model name.
 PART_BUDGET = MAX_STRING_BYTES - 4096
 # Characters two neighbouring parts of one text share: a phrase up to this long that crosses a
@@ -111,7 +113,7 @@ class Decision:
 
     @property
     def reason(self) -> str:
-        return self.verdict.reason or "Blocked by Akto guardrail"
+        return self.verdict.reason or DEFAULT_REASON
 
 
 class InlineCheck:

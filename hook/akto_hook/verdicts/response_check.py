@@ -42,7 +42,7 @@ from akto_ingest.wire import Verdict, encode, envelope
 from .. import calls, metrics
 from ..views import capture
 from . import masking
-from .check import Failure, ask, blocked_fields, fallback_passes, repaired_envelope
+from .check import DEFAULT_REASON, Failure, ask, blocked_fields, fallback_passes, repaired_envelope
 
 log = logging.getLogger("akto_hook")
 
@@ -200,7 +200,7 @@ class ResponseCheck:
             status = 413 if result.reason == "too_large" else 503
             raise Refused(status, f"Akto guardrail could not check the response: {result.message}")
         if result.blocks:
-            reason = result.reason or "Blocked by Akto guardrail"
+            reason = result.reason or DEFAULT_REASON
             await self._refuse(data, body, reason, result)
             raise Refused(400, reason)
         if result.flagged:
