@@ -151,6 +151,11 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("/v1/chat/completions", chat(user("Tell me about {{topic}}"), prompt_variables={"topic": INJECTION}), "prompt"),
     ("/v1/chat/completions", chat(user("hi"), some_field_added_next_month={"x": [INJECTION]}), "unknown field"),
+    # Named like LiteLLM's bookkeeping, yet the model gets them: a system prompt LiteLLM adds, and a
+    # litellm_* key LiteLLM does not own, sent on to the provider.
+    ("/v1/chat/completions", chat(user("hi"), litellm_system_prompt=INJECTION), "litellm_system_prompt"),
+    ("/v1/chat/completions", chat(user("hi"), litellm_anything={"x": INJECTION}), "litellm_* field"),
+    ("/v1/chat/completions", chat(user("hi"), user_api_key_dict={"x": INJECTION}), "user_api_key_dict field"),
     ("/v1/completions", {"model": CHAT, "prompt": INJECTION}, "prompt"),
     ("/v1/completions", {"model": CHAT, "prompt": ["hi", INJECTION]}, "prompt list"),
     ("/v1/embeddings", {"model": "embedder", "input": ["hi", INJECTION]}, "input"),
@@ -172,7 +177,13 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         {"model": CHAT, "input": [{"type": "function_call_output", "call_id": "c1", "output": INJECTION}]},
         "tool results",
     ),
+    ("/v1/responses", {"model": CHAT, "input": "hi", "metadata": {"note": INJECTION}}, "client metadata"),
     ("/v1/messages", {"model": CHAT, "max_tokens": 16, "system": INJECTION, "messages": [user("hi")]}, "system"),
+    (
+        "/v1/messages",
+        {"model": CHAT, "max_tokens": 16, "messages": [user("hi")], "metadata": {"user_id": INJECTION}},
+        "client metadata",
+    ),
     ("/v1/messages", {"model": CHAT, "max_tokens": 16, "messages": [user([text(INJECTION)])]}, "message parts"),
     (
         "/v1/messages",
@@ -199,6 +210,8 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     (f"{GEMINI}:streamGenerateContent", {"contents": [{"role": "user", "parts": [{"text": INJECTION}]}]}, "contents"),
     (PASS_THROUGH, {"model": "fake-model", "messages": [user(INJECTION)]}, "pass-through body"),
     (PASS_THROUGH, {"anything": {"the": ["provider", {"takes": INJECTION}]}}, "pass-through body of any shape"),
+    (PASS_THROUGH, {"model": "m", "messages": [user("hi")], "_litellm_x": INJECTION}, "pass-through _litellm_*"),
+    (PASS_THROUGH, {"model": "m", "messages": [user("hi")], "user_api_key_dict": INJECTION}, "pass-through auth name"),
 ]
 
 

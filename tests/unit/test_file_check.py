@@ -239,6 +239,6 @@ def test_attachments_in_any_field_and_gemini_blobs_go_to_the_file_check() -> Non
         "a_new_field": [{"type": "input_file", "file_data": png, "filename": "x.pdf"}],
         "metadata": {"ignored": {"type": "input_file", "file_data": png}},
     }
-    files = attachments.for_file_check({k: v for k, v in body.items() if not views.is_bookkeeping(k)})
+    files = attachments.for_file_check(views.content(body))
     assert [(f["type"], f["filename"]) for f in files] == [("image", "attachment-0.png"), ("file", "x.pdf")]
     assert all(base64.b64decode(f["content"]) == base64.b64decode(png) for f in files)

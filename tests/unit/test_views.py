@@ -139,16 +139,40 @@ def test_litellm_bookkeeping_is_left_out_and_named() -> None:
         "model": "m",
         "messages": [],
         "metadata": {"headers": {"authorization": "Bearer x"}},
-        "litellm_metadata": {},
         "litellm_call_id": "c",
+        "litellm_session_id": "s",
+        "litellm_trace_id": "t",
         "litellm_logging_obj": object(),
-        "_litellm_raw_sse_stream": True,
         "proxy_server_request": {"body": {}},
         "secret_fields": {"raw_headers": {}},
         "shared_session": object(),
+        "user_api_key_dict": object(),
+        "guardrails": ["akto-guard"],
     }
     assert views.request_body(data) == {"model": "m", "messages": []}
-    assert {"metadata", "proxy_server_request", "secret_fields", "shared_session"} <= views.BOOKKEEPING
+    assert {"proxy_server_request", "secret_fields", "litellm_call_id"} <= views.BOOKKEEPING
+
+
+# Client fields named like LiteLLM's that still reach the LLM (seen through a 1.108.7 proxy): a
+# ``litellm_system_prompt`` becomes a system message, a ``litellm_*`` key LiteLLM does not own goes to
+# the provider, a pass-through route forwards ``_litellm_*`` and ``user_api_key_dict`` as sent, and on
+# /v1/messages and /v1/responses (LiteLLM's own metadata in ``litellm_metadata``) ``metadata`` goes on.
+LITELLM_NAMED_CONTENT = [
+    {"litellm_system_prompt": INJECTION},
+    {"litellm_params": {"note": INJECTION}},
+    {"litellm_anything": INJECTION},
+    {"_litellm_x": INJECTION},
+    {"user_api_key_dict": {"note": INJECTION}},
+    {"shared_session": INJECTION},
+    {"litellm_metadata": {}, "metadata": {"user_id": INJECTION}},
+]
+
+
+@pytest.mark.parametrize("field", LITELLM_NAMED_CONTENT, ids=lambda field: "+".join(field))
+def test_a_client_field_named_like_litellm_bookkeeping_is_checked(field: dict[str, Any]) -> None:
+    data = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "litellm_call_id": "c", **field}
+    assert any(INJECTION in text for text in checked_text(data))
+    assert INJECTION in capture.from_request(data, "block").to_json()
 
 
 CREDENTIALS = [

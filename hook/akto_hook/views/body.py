@@ -1,8 +1,10 @@
 """The request body Akto checks and the record keeps: everything the LLM call will use.
 
 Deny by default: the body is the whole of LiteLLM's request ``data`` less a short, named list of
-LiteLLM's own bookkeeping (:data:`BOOKKEEPING`, and every ``litellm_*`` / ``_litellm_*`` key). A
-field LiteLLM or a provider adds tomorrow is checked the day it appears.
+LiteLLM's own bookkeeping (:func:`is_bookkeeping`). A field LiteLLM or a provider adds tomorrow is
+checked the day it appears. No prefix is left out: a client's ``litellm_system_prompt`` becomes a
+system message, a ``litellm_*`` key LiteLLM does not own goes to the provider as an extra param, and a
+pass-through route forwards ``_litellm_*`` keys too.
 
 One pass (:func:`cleaned`) makes it plain JSON, as Akto and Redis take it:
 
@@ -28,28 +30,55 @@ from pydantic import BaseModel
 from .. import attachments
 from .redact import REDACTED, credential
 
-# LiteLLM's own additions to a request (none of them goes to the LLM as the client's content):
-# its metadata (with copies of the headers), the client's raw request, the request's secrets, its
-# logging object and, during the call, its HTTP session.
+# LiteLLM's own additions to a request, as JSON: LiteLLM sets or overwrites each on every route and
+# none reaches the LLM (read off a 1.108.7 proxy with a model server that shows what it received).
 BOOKKEEPING = frozenset(
-    {"metadata", "proxy_server_request", "secret_fields", "shared_session", "user_api_key_dict", "guardrails"}
+    {
+        "proxy_server_request",
+        "secret_fields",
+        "guardrails",
+        "litellm_call_id",
+        "litellm_metadata",
+        "litellm_session_id",
+        "litellm_trace_id",
+        "litellm_disabled_callbacks",
+    }
 )
-BOOKKEEPING_PREFIXES = ("litellm_", "_litellm_")
+# LiteLLM's live objects (its logging object, HTTP session, caller's auth, trace span): left out as
+# objects only. A client's JSON under one of these names is content: LiteLLM forwards an unknown key
+# to the provider on chat, and a pass-through route sends the client's body on as it came.
+LIVE_OBJECTS = frozenset({"litellm_logging_obj", "shared_session", "user_api_key_dict", "litellm_parent_otel_span"})
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
+_JSON = _SCALARS | {dict, list}
 
 
 class Unreadable(Exception):
     """A request holds a value the guardrail cannot read; the message names where and what it is."""
 
 
-def is_bookkeeping(key: str) -> bool:
-    return key in BOOKKEEPING or key.startswith(BOOKKEEPING_PREFIXES)
+def is_bookkeeping(key: str, source: Mapping[str, Any]) -> bool:
+    """Whether ``source[key]`` is LiteLLM's own rather than the call's content.
+
+    ``metadata`` is LiteLLM's (with copies of the headers) on routes that keep LiteLLM's metadata
+    there; where LiteLLM keeps its own in ``litellm_metadata`` (``/v1/messages``, ``/v1/responses``),
+    ``metadata`` is the client's and LiteLLM sends it to the provider, so it is checked.
+    """
+    if key in BOOKKEEPING:
+        return True
+    if key == "metadata":
+        return "litellm_metadata" not in source
+    return key in LIVE_OBJECTS and type(source[key]) not in _JSON
+
+
+def content(source: Mapping[str, Any]) -> dict[str, Any]:
+    """``source`` less LiteLLM's bookkeeping, as it is (not yet made plain)."""
+    return {str(key): value for key, value in source.items() if not is_bookkeeping(str(key), source)}
 
 
 def request_body(source: Mapping[str, Any], *, strict: bool = True) -> dict[str, Any]:
     """``source`` less LiteLLM's bookkeeping, made plain by :func:`cleaned`."""
-    body = cleaned({str(key): value for key, value in source.items() if not is_bookkeeping(str(key))}, strict=strict)
+    body = cleaned(content(source), strict=strict)
     return body if isinstance(body, dict) else {}
 
 
