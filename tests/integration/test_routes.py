@@ -156,6 +156,13 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("/v1/chat/completions", chat(user("hi"), litellm_system_prompt=INJECTION), "litellm_system_prompt"),
     ("/v1/chat/completions", chat(user("hi"), litellm_anything={"x": INJECTION}), "litellm_* field"),
     ("/v1/chat/completions", chat(user("hi"), user_api_key_dict={"x": INJECTION}), "user_api_key_dict field"),
+    # Prose under a credential-named key is read by the model, so it is checked, not redacted.
+    ("/v1/chat/completions", chat(user("hi"), secret=INJECTION), "credential-named field"),
+    (
+        "/v1/chat/completions",
+        chat({"role": "user", "content": "hi", "token": INJECTION}),
+        "credential-named message field",
+    ),
     ("/v1/completions", {"model": CHAT, "prompt": INJECTION}, "prompt"),
     ("/v1/completions", {"model": CHAT, "prompt": ["hi", INJECTION]}, "prompt list"),
     ("/v1/embeddings", {"model": "embedder", "input": ["hi", INJECTION]}, "input"),
@@ -198,6 +205,22 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         },
         "tool results",
     ),
+    (
+        "/v1/messages",
+        {
+            "model": CHAT,
+            "max_tokens": 16,
+            "messages": [
+                user("hi"),
+                {
+                    "role": "assistant",
+                    "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {"password": INJECTION}}],
+                },
+                user([{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]),
+            ],
+        },
+        "credential-named tool input",
+    ),
     (f"{GEMINI}:generateContent", {"contents": [{"role": "user", "parts": [{"text": INJECTION}]}]}, "contents"),
     (
         f"{GEMINI}:generateContent",
@@ -206,6 +229,17 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
             "systemInstruction": {"parts": [{"text": INJECTION}]},
         },
         "systemInstruction",
+    ),
+    (
+        f"{GEMINI}:generateContent",
+        {
+            "contents": [
+                {"role": "user", "parts": [{"text": "hi"}]},
+                {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {"api_key": INJECTION}}}]},
+                {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {"ok": True}}}]},
+            ]
+        },
+        "credential-named function args",
     ),
     (f"{GEMINI}:streamGenerateContent", {"contents": [{"role": "user", "parts": [{"text": INJECTION}]}]}, "contents"),
     (PASS_THROUGH, {"model": "fake-model", "messages": [user(INJECTION)]}, "pass-through body"),
@@ -307,6 +341,23 @@ CREDENTIAL_CASES: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("/v1/chat/completions", chat(user("hello {marker}"), extra_headers={"X-Api-Key": SECRET})),
+    (
+        "/v1/responses",
+        {
+            "model": CHAT,
+            "input": "hello {marker}",
+            "tools": [
+                {
+                    "type": "mcp",
+                    "server_label": "docs",
+                    "server_url": "https://mcp.example.com",
+                    "headers": {"X_API_KEY": SECRET, "accessToken": SECRET, "Ocp-Apim-Subscription-Key": SECRET},
+                    "require_approval": "never",
+                }
+            ],
+        },
+    ),
+    ("/v1/chat/completions", chat(user("hello {marker}"), extra_body={"api_keys": [SECRET, SECRET]})),
     (f"{GEMINI}:generateContent", {"contents": [{"parts": [{"text": "hello {marker}"}]}], "api_key": SECRET}),
 ]
 

@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .. import attachments
-from .redact import REDACTED, credential
+from .redact import credential, hidden
 
 # LiteLLM's own additions to a request, as JSON: LiteLLM sets or overwrites each on every route and
 # none reaches the LLM (read off a 1.108.7 proxy with a model server that shows what it received).
@@ -91,12 +91,14 @@ def cleaned(value: Any, *, strict: bool = True) -> Any:
     as the stack unwinds, so key order is kept and depth costs no Python stack.
     """
     root: list[Any] = [None]
-    stack: list[tuple[Any, Any, Any, str]] = [(root, 0, value, "")]
+    # (container, slot, value, where, under a credential key): inside a credential, scalars are
+    # redacted (prose excepted, ``redact.hidden``) at any depth.
+    stack: list[tuple[Any, Any, Any, str, bool]] = [(root, 0, value, "", False)]
     while stack:
-        target, slot, item, where = stack.pop()
+        target, slot, item, where, secret = stack.pop()
         kind = type(item)
         if kind in _SCALARS:
-            target[slot] = item
+            target[slot] = _scalar(item) if secret else item
         elif kind is dict or isinstance(item, Mapping):
             summary = attachments.summary_of(item) if "type" in item or "data" in item else None
             if summary is not None:
@@ -104,32 +106,52 @@ def cleaned(value: Any, *, strict: bool = True) -> Any:
                 continue
             out: dict[str, Any] = {}
             target[slot] = out
+            pair = _names_credential(item)
             for key, child in item.items():
                 name = key if type(key) is str else str(key)
-                scalar = type(child) in _SCALARS
-                secret = credential(name)
-                if child is not None and (secret == "any" or (secret == "text" and scalar)):
-                    out[name] = REDACTED
-                elif scalar:
-                    out[name] = child
+                found = credential(name)
+                inside = (
+                    secret
+                    or found == "any"
+                    or (found == "text" and not isinstance(child, Mapping))
+                    or (pair and name == "value")
+                )
+                if type(child) in _SCALARS:
+                    out[name] = _scalar(child) if inside else child
                 else:
                     out[name] = None
-                    stack.append((out, name, child, f"{where}.{name}" if where else name))
+                    stack.append((out, name, child, f"{where}.{name}" if where else name, inside))
         elif kind is list or isinstance(item, list | tuple):
             items: list[Any] = [None] * len(item)
             target[slot] = items
             for index, child in enumerate(item):
                 if type(child) in _SCALARS:
-                    items[index] = child
+                    items[index] = _scalar(child) if secret else child
                 else:
-                    stack.append((items, index, child, f"{where}[{index}]"))
+                    stack.append((items, index, child, f"{where}[{index}]", secret))
         else:
             fields = _fields(item)
             if fields is not None:
-                stack.append((target, slot, fields, where))
+                stack.append((target, slot, fields, where, secret))
             else:
-                target[slot] = _leaf(item, where, strict)
+                leaf = _leaf(item, where, strict)
+                target[slot] = _scalar(leaf) if secret and type(leaf) in _SCALARS else leaf
     return root[0]
+
+
+def _scalar(value: Any) -> Any:
+    """A JSON scalar under a credential key as it may leave the process: text and numbers redacted
+    (but prose); None and booleans say nothing."""
+    return value if value is None or type(value) is bool else hidden(value)
+
+
+def _names_credential(item: Mapping[Any, Any]) -> bool:
+    """Whether ``item`` is a header as a name/value pair naming a credential
+    (``{"name": "Authorization", "value": "Bearer ..."}``)."""
+    if "value" not in item:
+        return False
+    name = item.get("name", item.get("key"))
+    return isinstance(name, str) and credential(name) != "none"
 
 
 def _fields(item: Any) -> dict[str, Any] | None:
