@@ -9,6 +9,7 @@ received), a real worker, and the fake Akto.
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Iterator
@@ -134,6 +135,10 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "argu
 GEMINI = f"/v1beta/models/{CHAT}"
 PASS_THROUGH = "/native/chat"
 
+PNG_URL = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(64)).decode()
+TEXT_B64 = base64.b64encode(INJECTION.encode()).decode()
+TEXT_URL = f"data:text/plain;base64,{TEXT_B64}"
+
 # (route, body, the field that carries the injection)
 CASES: list[tuple[str, dict[str, Any], str]] = [
     ("/v1/chat/completions", chat(user(INJECTION)), "message text"),
@@ -163,6 +168,22 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         chat({"role": "user", "content": "hi", "token": INJECTION}),
         "credential-named message field",
     ),
+    # Beside an attachment's bytes, and a text file's text: the model server gets both.
+    (
+        "/v1/chat/completions",
+        chat(user([text("hi"), {"type": "image_url", "image_url": {"url": PNG_URL}, "text": INJECTION}])),
+        "beside an image",
+    ),
+    (
+        "/v1/chat/completions",
+        chat(user([{"type": "image_url", "image_url": {"url": PNG_URL, "detail": INJECTION}}])),
+        "image detail",
+    ),
+    (
+        "/v1/chat/completions",
+        chat(user([{"type": "file", "file": {"file_data": TEXT_URL, "filename": "a.txt"}}])),
+        "text file",
+    ),
     ("/v1/completions", {"model": CHAT, "prompt": INJECTION}, "prompt"),
     ("/v1/completions", {"model": CHAT, "prompt": ["hi", INJECTION]}, "prompt list"),
     ("/v1/embeddings", {"model": "embedder", "input": ["hi", INJECTION]}, "input"),
@@ -181,6 +202,11 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "/v1/responses",
+        {"model": CHAT, "input": [user([{"type": "input_file", "file_data": TEXT_URL, "filename": "a.txt"}])]},
+        "text file",
+    ),
+    (
+        "/v1/responses",
         {"model": CHAT, "input": [{"type": "function_call_output", "call_id": "c1", "output": INJECTION}]},
         "tool results",
     ),
@@ -192,6 +218,17 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "client metadata",
     ),
     ("/v1/messages", {"model": CHAT, "max_tokens": 16, "messages": [user([text(INJECTION)])]}, "message parts"),
+    (
+        "/v1/messages",
+        {
+            "model": CHAT,
+            "max_tokens": 16,
+            "messages": [
+                user([{"type": "document", "source": {"type": "base64", "media_type": "text/plain", "data": TEXT_B64}}])
+            ],
+        },
+        "text document",
+    ),
     (
         "/v1/messages",
         {
@@ -241,6 +278,11 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         },
         "credential-named function args",
     ),
+    (
+        f"{GEMINI}:generateContent",
+        {"contents": [{"role": "user", "parts": [{"inline_data": {"mime_type": "text/plain", "data": TEXT_B64}}]}]},
+        "text inline_data",
+    ),
     (f"{GEMINI}:streamGenerateContent", {"contents": [{"role": "user", "parts": [{"text": INJECTION}]}]}, "contents"),
     (PASS_THROUGH, {"model": "fake-model", "messages": [user(INJECTION)]}, "pass-through body"),
     (PASS_THROUGH, {"anything": {"the": ["provider", {"takes": INJECTION}]}}, "pass-through body of any shape"),
@@ -260,7 +302,10 @@ def test_an_injection_in_any_field_of_any_route_is_refused_before_the_model(
     response = post(routes, route, body)
     assert response.status_code == 400, f"{route} {field}: {response.status_code} {response.text[:500]}"
     assert REASON in response.text
-    assert INJECTION not in json.dumps(routes.llm.requests()), f"{route} {field}: the model server got the injection"
+    received = json.dumps(routes.llm.requests())
+    assert INJECTION not in received and TEXT_B64 not in received, (
+        f"{route} {field}: the model server got the injection"
+    )
 
 
 def test_an_injection_in_a_long_gemini_body_is_found_in_its_parts(routes: Routes) -> None:

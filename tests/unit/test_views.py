@@ -3,6 +3,7 @@ field checked (split or not), credentials redacted at any depth, and nothing it 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import enum
 import io
@@ -99,6 +100,14 @@ def checked_text(data: dict[str, Any]) -> list[str]:
     return texts
 
 
+PNG_URL = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(64)).decode()
+IMAGE = {"type": "image_url", "image_url": {"url": PNG_URL}}
+TEXT_B64 = base64.b64encode(INJECTION.encode()).decode()
+TEXT_URL = f"data:text/plain;base64,{TEXT_B64}"
+TEXT_SOURCE = {"type": "base64", "media_type": "text/plain", "data": TEXT_B64}
+PDF_SOURCE = {"type": "base64", "media_type": "application/pdf", "data": base64.b64encode(b"%PDF-1.4").decode()}
+
+
 @pytest.mark.parametrize("seed", range(300))
 def test_an_injection_at_any_leaf_of_any_body_is_in_the_check(seed: int) -> None:
     rng = random.Random(seed)
@@ -122,13 +131,30 @@ def test_an_injection_at_any_leaf_of_any_body_is_in_the_check(seed: int) -> None
         {"input": [{"type": "function_call_output", "output": INJECTION}]},
         {"tools": [{"type": "function", "function": {"name": "f", "description": INJECTION}}]},
         {"a_field_no_one_knows_yet": {"deep": [[{"deeper": INJECTION}]]}},
+        # Beside an attachment's bytes, and a text file's text: the model reads both.
+        {"messages": [{"role": "user", "content": [{**IMAGE, "text": INJECTION}]}]},
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": PNG_URL, "detail": INJECTION}}]}
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "file", "file": {"file_data": TEXT_URL, "filename": "a.txt"}}]}
+            ]
+        },
+        {"input": [{"role": "user", "content": [{"type": "input_file", "file_data": TEXT_URL, "filename": "a.txt"}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "document", "source": TEXT_SOURCE}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "document", "source": PDF_SOURCE, "title": INJECTION}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "document", "source": PDF_SOURCE, "context": INJECTION}]}]},
+        {"contents": [{"parts": [{"inline_data": {"mime_type": "text/plain", "data": TEXT_B64}}]}]},
     ],
 )
 @pytest.mark.parametrize("long", [False, True], ids=["whole", "split"])
 def test_every_field_is_checked_whole_or_split(field: dict[str, Any], long: bool) -> None:
     data = {"model": "m", **field, "litellm_call_id": "c"}
     if long:
-        data["messages"] = [{"role": "user", "content": "y" * 600_000}]
+        data["padding"] = "y" * 600_000
     texts = checked_text(data)
     assert len(texts) > 1 if long else len(texts) == 1
     assert any(INJECTION in text for text in texts)

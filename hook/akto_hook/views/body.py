@@ -101,8 +101,14 @@ def cleaned(value: Any, *, strict: bool = True) -> Any:
             target[slot] = _scalar(item) if secret else item
         elif kind is dict or isinstance(item, Mapping):
             summary = attachments.summary_of(item) if "type" in item or "data" in item else None
-            if summary is not None:
+            beside = _beside_bytes(item, summary) if summary is not None else None
+            if summary is not None and beside is not None:
+                # What the part holds beside its bytes (an image's ``detail``, a sibling ``text``)
+                # goes to the model too, so it is kept and read.
                 target[slot] = summary
+                for name, child in beside.items():
+                    summary[name] = None
+                    stack.append((summary, name, child, f"{where}.{name}" if where else name, secret))
                 continue
             out: dict[str, Any] = {}
             target[slot] = out
@@ -143,6 +149,52 @@ def _scalar(value: Any) -> Any:
     """A JSON scalar under a credential key as it may leave the process: text and numbers redacted
     (but prose); None and booleans say nothing."""
     return value if value is None or type(value) is bool else hidden(value)
+
+
+# Where an attachment part keeps its bytes (``attachments.summary_of`` read them from there).
+_BYTES_AT = (
+    ("image_url", "url"),
+    ("image_url",),
+    ("input_audio", "data"),
+    ("file", "file_data"),
+    ("file_data",),
+    ("source", "data"),
+    ("data",),
+)
+
+
+# What an attachment says of its bytes beside them, which its summary says already.
+_DESCRIBED = ("type", "format", "filename", "media_type", "mime_type", "mimeType", "display_name", "displayName")
+
+
+def _beside_bytes(part: Mapping[Any, Any], summary: dict[str, Any]) -> dict[str, Any] | None:
+    """``part`` less its ``type`` and the string that held its bytes (empty containers dropped, and
+    what the summary already says); None when a key left would take a summary key's name with
+    another value (then the part is not summarized but read whole, bytes and all)."""
+    rest = {str(key): value for key, value in part.items() if key != "type"}
+    for path in _BYTES_AT:
+        holder: dict[str, Any] = rest
+        for name in path[:-1]:
+            inner = holder.get(name)
+            if not isinstance(inner, Mapping):
+                break
+            holder[name] = holder = {str(key): value for key, value in inner.items()}
+        else:
+            if isinstance(holder.get(path[-1]), str):
+                del holder[path[-1]]
+                for name in _DESCRIBED:
+                    holder.pop(name, None)
+                if len(path) > 1 and not holder:
+                    del rest[path[0]]
+                break
+    if rest.get("title") == summary.get("filename"):
+        rest.pop("title", None)
+    for key in list(rest):
+        if key in summary:
+            if rest[key] != summary[key]:
+                return None
+            del rest[key]
+    return rest
 
 
 def _names_credential(item: Mapping[Any, Any]) -> bool:
