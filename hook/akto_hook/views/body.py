@@ -112,14 +112,12 @@ def cleaned(value: Any, *, strict: bool = True) -> Any:
                 continue
             out: dict[str, Any] = {}
             target[slot] = out
-            pair = _names_credential(item)
+            pair = "value" in item and _names_credential(item)
             for key, child in item.items():
                 name = key if type(key) is str else str(key)
                 found = credential(name)
-                inside = (
-                    secret
-                    or found == "any"
-                    or (found == "text" and not isinstance(child, Mapping))
+                inside = secret or (
+                    (found != "none" and (found == "any" or not isinstance(child, Mapping)))
                     or (pair and name == "value")
                 )
                 if type(child) in _SCALARS:
@@ -199,9 +197,7 @@ def _beside_bytes(part: Mapping[Any, Any], summary: dict[str, Any]) -> dict[str,
 
 def _names_credential(item: Mapping[Any, Any]) -> bool:
     """Whether ``item`` is a header as a name/value pair naming a credential
-    (``{"name": "Authorization", "value": "Bearer ..."}``)."""
-    if "value" not in item:
-        return False
+    (``{"name": "Authorization", "value": "Bearer ..."}``); the caller has seen its ``value``."""
     name = item.get("name", item.get("key"))
     return isinstance(name, str) and credential(name) != "none"
 
