@@ -27,7 +27,8 @@ SECRET = "sk-live-0123456789abcdef"
 AKTO = akto_settings("http://akto")
 
 # Keys a generated body draws from: no credential names and no LiteLLM bookkeeping (those are the
-# two things the view leaves out on purpose, each tested on its own below).
+# two things the view leaves out on purpose, each tested on its own below); the injection itself may
+# sit under a credential's name (:data:`CREDENTIAL_NAMES`).
 KEYS = [
     "messages",
     "input",
@@ -49,6 +50,9 @@ KEYS = [
     "role",
     "new_field_2027",
 ]
+
+
+CREDENTIAL_NAMES = ["password", "api_key", "X-Api-Key", "accessToken", "vertex_credentials"]
 
 
 def random_json(rng: random.Random, depth: int) -> Any:
@@ -84,7 +88,8 @@ def with_injection(rng: random.Random, body: dict[str, Any], text: str) -> dict[
             break
         node = rng.choice(containers)
     if isinstance(node, dict):
-        node[rng.choice(KEYS) + "_leaf"] = text
+        # Prose is never a credential: under a credential's name too, it is checked.
+        node[rng.choice([rng.choice(KEYS) + "_leaf", *CREDENTIAL_NAMES])] = text
     else:
         node.insert(rng.randint(0, len(node)), text)
     return body
