@@ -367,7 +367,11 @@ def test_file_guardrails_opt_in_sends_attachments_and_blocks_a_flagged_file(apis
     marker = uuid.uuid4().hex
     document = f"Meeting notes. {INJECTION}".encode()
     encoded = base64.b64encode(document).decode()
-    attached = {"type": "file", "file": {"file_data": f"data:text/plain;base64,{encoded}", "filename": "notes.txt"}}
+    # A PDF: a text file's text is checked without the opt-in (README, Attachments).
+    attached = {
+        "type": "file",
+        "file": {"file_data": f"data:application/pdf;base64,{encoded}", "filename": "notes.pdf"},
+    }
     body = {"messages": [{"role": "user", "content": [{"type": "text", "text": f"Summarize {marker}"}, attached]}]}
 
     # Without the opt-in the text is checked and passes; the file is only fingerprinted.
@@ -379,7 +383,7 @@ def test_file_guardrails_opt_in_sends_attachments_and_blocks_a_flagged_file(apis
     assert response.status_code == 400, response.text
     assert response.json()["error"]["message"] == REASON
     (check,) = file_checks(apis)
-    assert check["body"]["files"] == [{"filename": "notes.txt", "type": "file", "content": encoded}]
+    assert check["body"]["files"] == [{"filename": "notes.pdf", "type": "file", "content": encoded}]
     assert check["body"]["requestPayload"] == "{}"
     wait_until(
         lambda: [r for r in apis.akto.records() if r.get("ingested") and r["body"]["statusCode"] == "400"],

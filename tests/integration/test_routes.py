@@ -9,6 +9,7 @@ received), a real worker, and the fake Akto.
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Iterator
@@ -134,6 +135,10 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "argu
 GEMINI = f"/v1beta/models/{CHAT}"
 PASS_THROUGH = "/native/chat"
 
+PNG_URL = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(64)).decode()
+TEXT_B64 = base64.b64encode(INJECTION.encode()).decode()
+TEXT_URL = f"data:text/plain;base64,{TEXT_B64}"
+
 # (route, body, the field that carries the injection)
 CASES: list[tuple[str, dict[str, Any], str]] = [
     ("/v1/chat/completions", chat(user(INJECTION)), "message text"),
@@ -151,6 +156,34 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("/v1/chat/completions", chat(user("Tell me about {{topic}}"), prompt_variables={"topic": INJECTION}), "prompt"),
     ("/v1/chat/completions", chat(user("hi"), some_field_added_next_month={"x": [INJECTION]}), "unknown field"),
+    # Named like LiteLLM's bookkeeping, yet the model gets them: a system prompt LiteLLM adds, and a
+    # litellm_* key LiteLLM does not own, sent on to the provider.
+    ("/v1/chat/completions", chat(user("hi"), litellm_system_prompt=INJECTION), "litellm_system_prompt"),
+    ("/v1/chat/completions", chat(user("hi"), litellm_anything={"x": INJECTION}), "litellm_* field"),
+    ("/v1/chat/completions", chat(user("hi"), user_api_key_dict={"x": INJECTION}), "user_api_key_dict field"),
+    # Prose under a credential-named key is read by the model, so it is checked, not redacted.
+    ("/v1/chat/completions", chat(user("hi"), secret=INJECTION), "credential-named field"),
+    (
+        "/v1/chat/completions",
+        chat({"role": "user", "content": "hi", "token": INJECTION}),
+        "credential-named message field",
+    ),
+    # Beside an attachment's bytes, and a text file's text: the model server gets both.
+    (
+        "/v1/chat/completions",
+        chat(user([text("hi"), {"type": "image_url", "image_url": {"url": PNG_URL}, "text": INJECTION}])),
+        "beside an image",
+    ),
+    (
+        "/v1/chat/completions",
+        chat(user([{"type": "image_url", "image_url": {"url": PNG_URL, "detail": INJECTION}}])),
+        "image detail",
+    ),
+    (
+        "/v1/chat/completions",
+        chat(user([{"type": "file", "file": {"file_data": TEXT_URL, "filename": "a.txt"}}])),
+        "text file",
+    ),
     ("/v1/completions", {"model": CHAT, "prompt": INJECTION}, "prompt"),
     ("/v1/completions", {"model": CHAT, "prompt": ["hi", INJECTION]}, "prompt list"),
     ("/v1/embeddings", {"model": "embedder", "input": ["hi", INJECTION]}, "input"),
@@ -169,11 +202,33 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "/v1/responses",
+        {"model": CHAT, "input": [user([{"type": "input_file", "file_data": TEXT_URL, "filename": "a.txt"}])]},
+        "text file",
+    ),
+    (
+        "/v1/responses",
         {"model": CHAT, "input": [{"type": "function_call_output", "call_id": "c1", "output": INJECTION}]},
         "tool results",
     ),
+    ("/v1/responses", {"model": CHAT, "input": "hi", "metadata": {"note": INJECTION}}, "client metadata"),
     ("/v1/messages", {"model": CHAT, "max_tokens": 16, "system": INJECTION, "messages": [user("hi")]}, "system"),
+    (
+        "/v1/messages",
+        {"model": CHAT, "max_tokens": 16, "messages": [user("hi")], "metadata": {"user_id": INJECTION}},
+        "client metadata",
+    ),
     ("/v1/messages", {"model": CHAT, "max_tokens": 16, "messages": [user([text(INJECTION)])]}, "message parts"),
+    (
+        "/v1/messages",
+        {
+            "model": CHAT,
+            "max_tokens": 16,
+            "messages": [
+                user([{"type": "document", "source": {"type": "base64", "media_type": "text/plain", "data": TEXT_B64}}])
+            ],
+        },
+        "text document",
+    ),
     (
         "/v1/messages",
         {
@@ -187,6 +242,22 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         },
         "tool results",
     ),
+    (
+        "/v1/messages",
+        {
+            "model": CHAT,
+            "max_tokens": 16,
+            "messages": [
+                user("hi"),
+                {
+                    "role": "assistant",
+                    "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {"password": INJECTION}}],
+                },
+                user([{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]),
+            ],
+        },
+        "credential-named tool input",
+    ),
     (f"{GEMINI}:generateContent", {"contents": [{"role": "user", "parts": [{"text": INJECTION}]}]}, "contents"),
     (
         f"{GEMINI}:generateContent",
@@ -196,9 +267,27 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         },
         "systemInstruction",
     ),
+    (
+        f"{GEMINI}:generateContent",
+        {
+            "contents": [
+                {"role": "user", "parts": [{"text": "hi"}]},
+                {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {"api_key": INJECTION}}}]},
+                {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {"ok": True}}}]},
+            ]
+        },
+        "credential-named function args",
+    ),
+    (
+        f"{GEMINI}:generateContent",
+        {"contents": [{"role": "user", "parts": [{"inline_data": {"mime_type": "text/plain", "data": TEXT_B64}}]}]},
+        "text inline_data",
+    ),
     (f"{GEMINI}:streamGenerateContent", {"contents": [{"role": "user", "parts": [{"text": INJECTION}]}]}, "contents"),
     (PASS_THROUGH, {"model": "fake-model", "messages": [user(INJECTION)]}, "pass-through body"),
     (PASS_THROUGH, {"anything": {"the": ["provider", {"takes": INJECTION}]}}, "pass-through body of any shape"),
+    (PASS_THROUGH, {"model": "m", "messages": [user("hi")], "_litellm_x": INJECTION}, "pass-through _litellm_*"),
+    (PASS_THROUGH, {"model": "m", "messages": [user("hi")], "user_api_key_dict": INJECTION}, "pass-through auth name"),
 ]
 
 
@@ -213,7 +302,10 @@ def test_an_injection_in_any_field_of_any_route_is_refused_before_the_model(
     response = post(routes, route, body)
     assert response.status_code == 400, f"{route} {field}: {response.status_code} {response.text[:500]}"
     assert REASON in response.text
-    assert INJECTION not in json.dumps(routes.llm.requests()), f"{route} {field}: the model server got the injection"
+    received = json.dumps(routes.llm.requests())
+    assert INJECTION not in received and TEXT_B64 not in received, (
+        f"{route} {field}: the model server got the injection"
+    )
 
 
 def test_an_injection_in_a_long_gemini_body_is_found_in_its_parts(routes: Routes) -> None:
@@ -294,6 +386,23 @@ CREDENTIAL_CASES: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("/v1/chat/completions", chat(user("hello {marker}"), extra_headers={"X-Api-Key": SECRET})),
+    (
+        "/v1/responses",
+        {
+            "model": CHAT,
+            "input": "hello {marker}",
+            "tools": [
+                {
+                    "type": "mcp",
+                    "server_label": "docs",
+                    "server_url": "https://mcp.example.com",
+                    "headers": {"X_API_KEY": SECRET, "accessToken": SECRET, "Ocp-Apim-Subscription-Key": SECRET},
+                    "require_approval": "never",
+                }
+            ],
+        },
+    ),
+    ("/v1/chat/completions", chat(user("hello {marker}"), extra_body={"api_keys": [SECRET, SECRET]})),
     (f"{GEMINI}:generateContent", {"contents": [{"parts": [{"text": "hello {marker}"}]}], "api_key": SECRET}),
 ]
 

@@ -103,6 +103,7 @@ def test_a_plain_data_url_and_text_that_is_not_base64_are_fingerprinted_as_given
         "size": 11,
         "sha256": hashlib.sha256(b"hello world").hexdigest(),
         "media_type": "text/plain",
+        "text": "hello world",  # a text file is a prompt: its text stays, to be checked
     }
     bad = {"type": "input_audio", "input_audio": {"data": "not base64 at all!"}}
     assert only_part({"messages": [{"role": "user", "content": [bad]}]})["size"] == len("not base64 at all!")

@@ -154,12 +154,17 @@ async def test_the_file_check_has_its_own_timeout(fake_akto: FakeAkto, client: A
 async def test_text_and_files_are_checked_together(fake_akto: FakeAkto, client: AktoClient) -> None:
     settings = akto_settings(fake_akto.url)
     text, files = InlineCheck(client, settings), file_check(fake_akto, client)
-    flagged_file = chat(text_file(INJECTION.encode()))
+    pdf = {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{b64(INJECTION.encode())}"}}
+    flagged_file = chat(pdf)
     decision = await with_files(text.check(record_of(flagged_file)), files, record_of(flagged_file), flagged_file)
     assert decision.blocks and decision.parts == 2
     # Without the opt-in only the text is checked: the same request passes.
     decision = await with_files(text.check(record_of(flagged_file)), None, record_of(flagged_file), flagged_file)
     assert not decision.blocks and decision.parts == 1
+    # A text file is text the model reads: the text check reads it, opt-in or not.
+    flagged_text_file = chat(text_file(INJECTION.encode()))
+    decision = await text.check(record_of(flagged_text_file))
+    assert decision.blocks and decision.reason == "Prompt injection detected"
     flagged_text = chat(text_file(b"fine"), text=INJECTION)
     decision = await with_files(text.check(record_of(flagged_text)), files, record_of(flagged_text), flagged_text)
     assert decision.blocks and decision.reason == "Prompt injection detected"
@@ -241,6 +246,6 @@ def test_attachments_in_any_field_and_gemini_blobs_go_to_the_file_check() -> Non
         "a_new_field": [{"type": "input_file", "file_data": png, "filename": "x.pdf"}],
         "metadata": {"ignored": {"type": "input_file", "file_data": png}},
     }
-    files = attachments.for_file_check({k: v for k, v in body.items() if not views.is_bookkeeping(k)})
+    files = attachments.for_file_check(views.content(body))
     assert [(f["type"], f["filename"]) for f in files] == [("image", "attachment-0.png"), ("file", "x.pdf")]
     assert all(base64.b64decode(f["content"]) == base64.b64decode(png) for f in files)

@@ -43,7 +43,7 @@ class FileCheck:
         """The verdict on the attachments in ``request`` (LiteLLM's request data, which still has their
         bytes); None when there are none. Never raises (but for cancellation)."""
         try:
-            files = attachments.for_file_check({k: v for k, v in request.items() if not views.is_bookkeeping(str(k))})
+            files = attachments.for_file_check(views.content(request))
             if not files:
                 return None
             body = files_body(record, self._akto, files)

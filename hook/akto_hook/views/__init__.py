@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from . import anthropic, chat, gemini, generic, responses
-from .body import BOOKKEEPING, Unreadable, cleaned, is_bookkeeping, request_body
+from .body import BOOKKEEPING, Unreadable, cleaned, content, is_bookkeeping, request_body
 from .generic import Segment
 from .redact import REDACTED
 
@@ -44,4 +44,14 @@ def segments(body: Mapping[str, Any]) -> Iterator[Segment]:
         yield from FIELD_READERS.get(key, generic.segments)(key, value)
 
 
-__all__ = ["BOOKKEEPING", "REDACTED", "Segment", "Unreadable", "cleaned", "is_bookkeeping", "request_body", "segments"]
+__all__ = [
+    "BOOKKEEPING",
+    "REDACTED",
+    "Segment",
+    "Unreadable",
+    "cleaned",
+    "content",
+    "is_bookkeeping",
+    "request_body",
+    "segments",
+]

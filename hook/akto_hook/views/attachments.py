@@ -9,7 +9,8 @@ The content parts that can carry bytes inline:
 :func:`summarized` replaces each one, wherever it sits (inside ``tool_result`` blocks too), with
 ``{"type", "size", "sha256"}`` (the size and SHA-256 of the decoded bytes, plus ``media_type`` and
 ``filename`` when the client gave them), so a record stays small and holds no one's file. What is not
-bytes stays as it is: a plain http(s) URL, an uploaded ``file_id``, a document given as text.
+bytes stays as it is: a plain http(s) URL, an uploaded ``file_id``, a document given as text. A text
+file (``text/*``, JSON, XML, YAML) is a prompt the model reads: its summary keeps its ``text``.
 """
 
 from __future__ import annotations
@@ -168,7 +169,25 @@ def fingerprint(kind: str, raw: bytes, media_type: Any = None, filename: Any = N
         summary["media_type"] = media_type
     if isinstance(filename, str) and filename:
         summary["filename"] = filename
+    text = _text_of(raw, media_type, filename)
+    if text is not None:
+        summary["text"] = text
     return summary
+
+
+# Media types a model reads as text: such a file is a prompt, so its text is kept and checked.
+_TEXT_TYPES = frozenset({"application/json", "application/xml", "application/yaml", "application/x-yaml"})
+
+
+def _text_of(raw: bytes, media_type: Any, filename: Any) -> str | None:
+    """The text of a text file (by its media type, else its file name's), or None."""
+    if not isinstance(media_type, str) or not media_type:
+        media_type = mimetypes.guess_type(filename)[0] if isinstance(filename, str) and filename else None
+    if not isinstance(media_type, str):
+        return None
+    kind = media_type.split(";", 1)[0].strip().lower()
+    textual = kind.startswith("text/") or kind in _TEXT_TYPES or kind.endswith(("+json", "+xml"))
+    return raw.decode("utf-8", errors="replace") if textual else None
 
 
 # Akto's file guardrail knows three kinds; it picks its reader by the file name's extension.

@@ -47,7 +47,12 @@ def part_segments(role: str, part: Any) -> Iterator[Segment]:
     """One content part's text: ``text``/``input_text``/``output_text`` as text, a ``tool_result``'s
     content as its own parts, an attachment's summary not at all (it is no text), anything else
     (``tool_use``, a function call, an image URL) as its JSON."""
-    if part is None or attachments.is_summary(part):
+    if part is None:
+        return
+    if attachments.is_summary(part):
+        # An attachment is no text, but a document's title (its file name) is shown to the model.
+        if isinstance(part.get("filename"), str):
+            yield role, part["filename"]
         return
     if isinstance(part, str):
         yield role, part
