@@ -96,6 +96,20 @@ async def test_a_blocked_response_raises_400_and_writes_the_blocked_record(fake_
     assert record.metadata["blocked_on"] == "response"
 
 
+async def test_a_request_value_the_view_cannot_read_does_not_stop_the_response_check(fake_akto: FakeAkto) -> None:
+    # The request check gave such a request the fallback (fail_open passed it); the response is still
+    # checked, and a block still writes its record, naming the value it could not read.
+    data = {**DATA, "odd": object()}
+    blocked: list[Record] = []
+    clean = completion("All fine")
+    assert await checker(fake_akto, blocked).checked(dict(data), clean) is clean
+    with pytest.raises(HTTPException) as raised:
+        await checker(fake_akto, blocked).checked(dict(data), completion("my ssn is 1"))
+    assert raised.value.status_code == 400
+    (record,) = blocked
+    assert record.request_body["odd"] == {"unreadable": "object"}
+
+
 @pytest.mark.parametrize(("fallback", "passes"), [("fail_open", True), ("fail_closed", False)])
 async def test_no_verdict_goes_to_unreachable_fallback(fake_akto: FakeAkto, fallback: str, passes: bool) -> None:
     fake_akto.configure(status=503)

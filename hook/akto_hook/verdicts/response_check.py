@@ -186,7 +186,9 @@ class ResponseCheck:
     async def _verdict(self, data: dict[str, Any], body: dict[str, Any]) -> list[masking.Change]:
         """Ask Akto about ``body``; the changes its mask makes (none when it allows), or
         :class:`Refused`. A block writes the blocked record."""
-        record = self._masks.applied(capture.from_request(data, "block"), calls.key_of(data))
+        # The request is the response's context here: a value its view cannot read is named, not
+        # a reason to fail the response check (the request check already applied the fallback to it).
+        record = self._masks.applied(capture.from_request(data, "block", strict=False), calls.key_of(data))
         record = record.model_copy(update={"response_body": body})
         try:
             encoded = _encoded(record, self._akto)
@@ -224,7 +226,7 @@ class ResponseCheck:
         self, data: dict[str, Any], body: dict[str, Any], reason: str, verdict: Verdict | None = None
     ) -> None:
         """Write the blocked record; ``verdict`` (Akto's block) adds its policy, rule and severity."""
-        record = capture.from_request(data, "block")
+        record = capture.from_request(data, "block", strict=False)
         metrics.BLOCKED.inc()
         update = {**blocked_fields(reason, verdict), "metadata": {**record.metadata, "blocked_on": "response"}}
         if verdict is None:

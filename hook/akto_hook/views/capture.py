@@ -81,8 +81,10 @@ def _base(
     }
 
 
-def from_request(data: Mapping[str, Any], mode: OnFlagged) -> Record:
-    """The record of a request as the pre-call hook sees it (no response yet)."""
+def from_request(data: Mapping[str, Any], mode: OnFlagged, *, strict: bool = True) -> Record:
+    """The record of a request as the pre-call hook sees it (no response yet). ``strict``: a value
+    the view cannot read raises :class:`views.Unreadable` (a request check must not pass it); else it
+    is named in the record (the response check, whose subject is the response)."""
     # Chat keeps LiteLLM's metadata in "metadata"; /v1/messages and /v1/responses in "litellm_metadata",
     # where "metadata" is the client's own (Anthropic's metadata.user_id, for one).
     meta = {**as_dict(data.get("metadata")), **as_dict(data.get("litellm_metadata"))}
@@ -91,7 +93,9 @@ def from_request(data: Mapping[str, Any], mode: OnFlagged) -> Record:
     # messages replace the client's), while ``proxy_server_request`` keeps the original. A field only
     # the original has is checked too.
     request = {**request, "body": {**as_dict(request.get("body")), **data}}
-    base = _base(call_id=data.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=data, strict=True)
+    base = _base(
+        call_id=data.get("litellm_call_id"), mode=mode, request=request, meta=meta, fallback=data, strict=strict
+    )
     base["session_id"] = _session(data.get("litellm_session_id"), base["session_id"])
     return Record(**base)
 
