@@ -489,3 +489,25 @@ def test_file_guardrails_in_monitor_mode_warns(on_flagged: str, warns: bool, cap
     finally:
         logger.removeHandler(caplog.handler)
     assert ("attachments are not sent to Akto" in caplog.text) is warns
+
+
+async def test_a_report_executes_no_module(
+    live: Callable[..., Awaitable[AktoGuardrail]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # LiteLLM imports its OpenTelemetry logger in every report; a failed import must not be searched
+    # for and executed again on each request (it cost 0.5 ms of the request path).
+    import importlib._bootstrap_external as loaders
+
+    guard = await live()
+    reporting.report(guard, {}, "allowed", started=time.time())
+    executed: list[str] = []
+    real = loaders.SourceFileLoader.exec_module
+
+    def counted(self: Any, module: Any) -> None:
+        executed.append(module.__name__)
+        real(self, module)
+
+    monkeypatch.setattr(loaders.SourceFileLoader, "exec_module", counted)
+    for _ in range(3):
+        reporting.report(guard, {}, "allowed", started=time.time())
+    assert executed == []
