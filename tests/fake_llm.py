@@ -113,9 +113,17 @@ def _pieces(text: str, n: int) -> list[str]:
 
 
 async def _received(request: web.Request, settings: Settings) -> dict[str, Any]:
-    """A model request's body, kept for ``/_admin/requests`` and answered after ``delay_ms``."""
-    body: dict[str, Any] = await request.json()
-    settings.requests.append(body)
+    """A model request's body, kept for ``/_admin/requests`` and answered after ``delay_ms``. A query
+    string is kept with it (``_query``), and a body that is not JSON as its text (``_raw``, answered
+    400): what reached the model, whatever its shape."""
+    raw = await request.read()
+    query = {"_query": dict(request.query)} if request.query else {}
+    try:
+        body: dict[str, Any] = json.loads(raw)
+    except ValueError:
+        settings.requests.append({"_raw": raw.decode(errors="replace"), **query})
+        raise web.HTTPBadRequest(text="the fake model takes JSON bodies") from None
+    settings.requests.append({**body, **query} if query else body)
     del settings.requests[:-KEEP_REQUESTS]
     if settings.delay_ms:
         await asyncio.sleep(settings.delay_ms / 1000)

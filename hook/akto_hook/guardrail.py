@@ -179,6 +179,8 @@ class AktoGuardrail(CustomGuardrail):
             )
         if not self.should_run_guardrail(data=data, event_type=GuardrailEventHooks.pre_call):
             return data
+        if capture.is_pass_through(call_type):
+            return await self._checked(data, build=lambda: capture.from_pass_through(data, "block"))
         return await self._checked(data)
 
     async def async_moderation_hook(self, data: dict[str, Any], user_api_key_dict: Any, call_type: Any) -> Any:

@@ -428,3 +428,10 @@ def test_a_credential_in_a_body_reaches_neither_akto_nor_the_record(
     assert any(r["query"].get("guardrails") == "true" and not r.get("ingested") for r in seen), "no inline check"
     assert all(SECRET not in json.dumps(r) for r in routes.akto.records())
     assert any("[redacted]" in r["body"]["requestPayload"] for r in seen)
+
+
+def test_a_form_on_a_pass_through_route_is_unreadable_not_passed_unseen(routes: Routes) -> None:
+    # LiteLLM hands guardrails {} for a multipart form on a pass-through route and forwards the form.
+    response = post(routes, PASS_THROUGH, files={"f": ("a.txt", INJECTION.encode())}, data={"prompt": INJECTION})
+    assert response.status_code == 503, response.text[:500]
+    assert routes.llm.requests() == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import litellm
@@ -296,6 +297,35 @@ async def test_what_is_not_akto_failing_has_its_own_path_and_reason(
     assert "could not check this request: cannot build the check" in refused.value.detail
     assert fallbacks("fail_closed", "internal_error") == before + 1
     assert not fake_akto.records, "neither reached Akto"
+
+
+@pytest.mark.parametrize("fallback", ["fail_closed", "fail_open"])
+async def test_a_pass_through_request_litellm_shows_no_body_of_is_unreadable_not_clean(
+    live: Callable[..., Awaitable[AktoGuardrail]], fake_akto: FakeAkto, fallback: str
+) -> None:
+    guard = await live(unreachable_fallback=fallback)
+    # What LiteLLM gives guardrails for a multipart form on a pass-through route: its own additions only.
+    data = {
+        "metadata": {"guardrails": ["akto-guard"]},
+        "litellm_logging_obj": SimpleNamespace(),
+        "litellm_call_id": "c",
+    }
+    before = fallbacks(fallback, "unreadable_request")
+    if fallback == "fail_open":
+        assert await guard.async_pre_call_hook(None, None, data, "pass_through_endpoint") is data
+    else:
+        with pytest.raises(HTTPException) as refused:
+            await guard.async_pre_call_hook(None, None, data, "pass_through_endpoint")
+        assert refused.value.status_code == 503
+        assert "no body for this pass-through request" in refused.value.detail
+    assert fallbacks(fallback, "unreadable_request") == before + 1
+    assert not fake_akto.records
+
+    body = {"anything": [{"of": INJECTION}], "metadata": {"guardrails": ["akto-guard"]}, "litellm_call_id": "d"}
+    with pytest.raises(HTTPException) as blocked:
+        await guard.async_pre_call_hook(None, None, body, "pass_through_endpoint")
+    assert blocked.value.status_code == 400
+    assert INJECTION in fake_akto.records[0].body["requestPayload"]
 
 
 # -- verdict details and what LiteLLM is told ------------------------------------------------------
