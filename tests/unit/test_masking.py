@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import pytest
 
+from akto_hook import views
 from akto_hook.verdicts import masking
 from akto_hook.verdicts.check import Decision, Mask, split
 from akto_ingest.record import Record
@@ -89,6 +91,20 @@ def test_a_mask_of_something_that_is_not_text_is_unmappable() -> None:
     sent = payload(body)
     with pytest.raises(masking.Unmappable, match="max_tokens"):
         masking.request_changes(body, [Mask(sent, sent.replace("50", '\\"[N]\\"'))], split=False)
+
+
+def test_a_mask_inside_an_attached_text_files_text_is_unmappable() -> None:
+    # The check reads a text file as its decoded text (views.attachments); LiteLLM sends its base64.
+    # Akto's mask of that text cannot be written back into the file, so the request is refused.
+    encoded = base64.b64encode(f"card {CARD}".encode()).decode()
+    part = {"type": "file", "file": {"filename": "a.txt", "file_data": f"data:text/plain;base64,{encoded}"}}
+    data = {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "read"}, part]}]}
+    body = views.request_body(data)
+    assert CARD in json.dumps(body), "the check reads the file's text"
+    found = masking.request_changes(body, [akto_mask(body)], split=False)
+    assert [change.path for change in found] == [("messages", 0, "content", 1, "text")]
+    with pytest.raises(masking.Unmappable, match=r"messages\.0\.content\.1\.text is not the text Akto saw"):
+        masking.masked_request(data, found)
 
 
 def test_a_payload_that_is_not_json_is_unmappable() -> None:
