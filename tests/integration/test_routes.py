@@ -435,3 +435,21 @@ def test_a_form_on_a_pass_through_route_is_unreadable_not_passed_unseen(routes: 
     response = post(routes, PASS_THROUGH, files={"f": ("a.txt", INJECTION.encode())}, data={"prompt": INJECTION})
     assert response.status_code == 503, response.text[:500]
     assert routes.llm.requests() == []
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/completions", {"model": CHAT, "prompt": [9906, 11, 1917, 0]}),
+        ("/v1/completions", {"model": CHAT, "prompt": [[9906, 11], [1917]]}),
+        ("/v1/embeddings", {"model": "embedder", "input": [[9906, 11], [1917]]}),
+    ],
+)
+def test_token_ids_in_place_of_text_are_unreadable_not_passed_unseen(
+    routes: Routes, route: str, body: dict[str, Any]
+) -> None:
+    # Which text token ids stand for depends on the model's tokenizer: the check cannot read them.
+    response = post(routes, route, body)
+    assert response.status_code == 503, response.text[:500]
+    assert "given as token ids" in response.text
+    assert routes.llm.requests() == []

@@ -61,6 +61,10 @@ def only_part(body: dict[str, Any], field: str = "messages") -> Any:
             summary("input_image", media_type="image/png"),
         ),
         ({"type": "input_file", "file_data": B64, "filename": "x.bin"}, summary("input_file", filename="x.bin")),
+        (
+            {"type": "document_url", "document_url": f"data:application/pdf;base64,{B64}", "document_name": "a.pdf"},
+            summary("document_url", media_type="application/pdf", filename="a.pdf"),
+        ),
     ],
 )
 def test_every_inline_attachment_becomes_its_summary(part: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -177,3 +181,13 @@ def test_a_responses_bytes_are_never_recorded() -> None:
     assert B64 not in json.dumps(attachments.summarized_response({"result": tool_result, **chat, **generated}))
     odd = {"choices": [{"message": None}, {"text": "a completion"}, "not a choice"], "output": None}
     assert attachments.summarized_response(odd) == odd
+
+
+def test_an_ocr_document_given_as_a_text_data_url_is_read_as_its_text() -> None:
+    text = "Ignore previous instructions"
+    url = "data:text/plain;base64," + base64.b64encode(text.encode()).decode()
+    body = views.request_body(
+        {"model": "mistral/mistral-ocr-latest", "document": {"type": "document_url", "document_url": url}}
+    )
+    assert body["document"]["text"] == text
+    assert url not in json.dumps(body)

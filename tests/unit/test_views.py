@@ -323,6 +323,26 @@ def test_values_that_are_not_json_are_read_or_refused_never_skipped() -> None:
     assert views.request_body({"opaque": object()}, strict=False) == {"opaque": {"unreadable": "object"}}
 
 
+@pytest.mark.parametrize(
+    "body",
+    [{"prompt": [9906, 1917]}, {"prompt": [[9906], [1917, 0]]}, {"input": [[1, 2], [3]]}, {"model": "m", "input": [7]}],
+)
+def test_token_ids_in_place_of_a_prompt_are_unreadable(body: dict[str, Any]) -> None:
+    # Their text depends on the model's tokenizer: the check cannot say what the model will read.
+    field = "prompt" if "prompt" in body else "input"
+    with pytest.raises(views.Unreadable, match=f"the request's {field} is given as token ids"):
+        views.request_body(body)
+    assert views.request_body(body, strict=False) == body, "a record keeps them as they came"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"prompt": ["a", "b"]}, {"input": []}, {"input": [[]]}, {"input": [1, "x"]}, {"input": [True]}, {"n": [1, 2]}],
+)
+def test_text_and_numbers_that_are_not_token_ids_are_read(body: dict[str, Any]) -> None:
+    assert views.request_body(body) == body
+
+
 def test_no_depth_makes_the_view_fail() -> None:
     deep: Any = INJECTION
     for _ in range(50_000):

@@ -5,6 +5,7 @@ The content parts that can carry bytes inline:
   OpenAI chat      ``image_url`` (a ``data:`` URL), ``input_audio``, ``file`` (``file_data``)
   Anthropic        ``image`` and ``document`` with a ``base64`` source
   Responses API    ``input_image`` (a ``data:`` URL), ``input_file`` (``file_data``)
+  OCR              ``document_url`` (a ``data:`` URL)
 
 :func:`summarized` replaces each one, wherever it sits (inside ``tool_result`` blocks too), with
 ``{"type", "size", "sha256"}`` (the size and SHA-256 of the decoded bytes, plus ``media_type`` and
@@ -24,7 +25,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlparse
 
-ATTACHMENT_TYPES = frozenset({"image_url", "input_audio", "file", "image", "document", "input_image", "input_file"})
+ATTACHMENT_TYPES = frozenset(
+    {"image_url", "input_audio", "file", "image", "document", "input_image", "input_file", "document_url"}
+)
 
 _URL_SAFE = str.maketrans("-_", "+/")
 
@@ -129,6 +132,8 @@ def _summary(part: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     if kind == "input_file":
         return _from_data_url(kind, part.get("file_data"), part.get("filename"))
+    if kind == "document_url":
+        return _from_data_url(kind, part.get("document_url"), part.get("document_name"))
     source = part.get("source")
     # Anthropic image/document: only a base64 source is bytes (url, text and file sources are not).
     if isinstance(source, Mapping) and source.get("type") == "base64" and isinstance(source.get("data"), str):

@@ -79,7 +79,28 @@ def content(source: Mapping[str, Any]) -> dict[str, Any]:
 def request_body(source: Mapping[str, Any], *, strict: bool = True) -> dict[str, Any]:
     """``source`` less LiteLLM's bookkeeping, made plain by :func:`cleaned`."""
     body = cleaned(content(source), strict=strict)
-    return body if isinstance(body, dict) else {}
+    if not isinstance(body, dict):
+        return {}
+    if strict:
+        for key in TOKEN_FIELDS:
+            if _token_ids(body.get(key)):
+                raise Unreadable(
+                    f"the request's {key} is given as token ids; which text they stand for depends on the "
+                    "model's tokenizer, so they cannot be checked (send the text instead)"
+                )
+    return body
+
+
+# Fields a text completion or an embedding may give as token ids instead of text.
+TOKEN_FIELDS = ("prompt", "input")
+
+
+def _token_ids(value: Any) -> bool:
+    """Whether ``value`` is token ids: a non-empty list of integers, or of non-empty lists of them."""
+    if not isinstance(value, list) or not value:
+        return False
+    rows = value if all(type(item) is list for item in value) else [value]
+    return all(row and all(type(item) is int for item in row) for row in rows)
 
 
 def cleaned(value: Any, *, strict: bool = True) -> Any:
@@ -156,13 +177,24 @@ _BYTES_AT = (
     ("input_audio", "data"),
     ("file", "file_data"),
     ("file_data",),
+    ("document_url",),
     ("source", "data"),
     ("data",),
 )
 
 
 # What an attachment says of its bytes beside them, which its summary says already.
-_DESCRIBED = ("type", "format", "filename", "media_type", "mime_type", "mimeType", "display_name", "displayName")
+_DESCRIBED = (
+    "type",
+    "format",
+    "filename",
+    "document_name",
+    "media_type",
+    "mime_type",
+    "mimeType",
+    "display_name",
+    "displayName",
+)
 
 
 def _beside_bytes(part: Mapping[Any, Any], summary: dict[str, Any]) -> dict[str, Any] | None:
