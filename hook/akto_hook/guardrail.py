@@ -70,6 +70,12 @@ def _unbuilt(exc: Exception, data: Mapping[str, Any]) -> Failure:
     return Failure("internal_error", f"cannot build the check: {exc}")
 
 
+def _on_pass_through(data: Any) -> bool:
+    """Whether ``data`` is a pass-through request: LiteLLM's logging object in it says so."""
+    logging_obj = data.get("litellm_logging_obj") if isinstance(data, Mapping) else None
+    return capture.is_pass_through(getattr(logging_obj, "call_type", None))
+
+
 class AktoGuardrail(CustomGuardrail):
     """Akto's API-security guardrail for the LiteLLM proxy, with ingestion off the request path.
 
@@ -126,6 +132,18 @@ class AktoGuardrail(CustomGuardrail):
             self.akto.akto_base_url,
             self.queue.queue_name,
         )
+
+    def should_run_guardrail(self, data: Any, event_type: GuardrailEventHooks) -> bool:
+        """LiteLLM's rule, but for one case: LiteLLM runs no during_call check on a pass-through
+        route, so a ``mode: during_call`` guardrail the route names checks there before the call
+        instead of never."""
+        if event_type == GuardrailEventHooks.pre_call and _on_pass_through(data) and self._during_call_only():
+            event_type = GuardrailEventHooks.during_call
+        return bool(super().should_run_guardrail(data=data, event_type=event_type))
+
+    def _during_call_only(self) -> bool:
+        hooks = self._hooks()
+        return "during_call" in hooks and "pre_call" not in hooks
 
     def _hooks(self) -> set[str]:
         hooks = self.event_hook if isinstance(self.event_hook, list) else [self.event_hook]

@@ -14,10 +14,12 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import yaml
 
 from akto_ingest.queue import inbox_key
 from tests.stack import (
     DURING_EXAMPLE,
+    MASTER_KEY,
     AktoAdmin,
     LlmAdmin,
     Proc,
@@ -46,8 +48,25 @@ class DuringCall:
     redis: redis.Redis
 
 
+PASS_THROUGH = "/native/chat"
+
+
 def during_call_config(llm_url: str, **extra: Any) -> str:
     return litellm_config(DURING_EXAMPLE, extra=extra, models=fake_llm_models(llm_url))
+
+
+def with_pass_through(config: str, llm_url: str) -> str:
+    """``config`` with a pass-through route that names the guardrail."""
+    loaded = yaml.safe_load(config)
+    loaded["general_settings"]["pass_through_endpoints"] = [
+        {
+            "path": PASS_THROUGH,
+            "target": f"{llm_url}/v1/chat/completions",
+            "auth": True,
+            "guardrails": {"akto-guard": None},
+        }
+    ]
+    return str(yaml.safe_dump(loaded))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +87,12 @@ def dc(log_dir: Path, redis_url: str) -> Iterator[DuringCall]:
         procs.append(open_.proc)
         closed = start_proxy(
             "proxy-during-closed",
-            during_call_config(llm.url, mode="during_call", unreachable_fallback="fail_closed", guardrail_timeout=1),
+            with_pass_through(
+                during_call_config(
+                    llm.url, mode="during_call", unreachable_fallback="fail_closed", guardrail_timeout=1
+                ),
+                llm.url,
+            ),
             log_dir,
             akto_url=akto.url,
             redis_url=redis_url,
@@ -199,3 +223,19 @@ def test_unreachable_akto_fail_open_returns_the_answer(dc: DuringCall, fault: di
     dc.akto.configure(hang=False)
     assert response.status_code == 200
     assert stream_text(response) == MODEL_OUTPUT
+
+
+def test_a_pass_through_route_naming_a_during_call_guardrail_is_checked_before_the_call(dc: DuringCall) -> None:
+    # LiteLLM runs no during_call check on a pass-through route: the guardrail checks there at pre_call.
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": INJECTION}]}
+    headers = {"Authorization": f"Bearer {MASTER_KEY}"}
+    response = httpx.post(f"{dc.closed.url}{PASS_THROUGH}", json=body, headers=headers, timeout=60)
+    assert response.status_code == 400, response.text[:500]
+    assert "Prompt injection detected" in response.text
+    assert INJECTION not in json.dumps(dc.llm.requests())
+    allowed = httpx.post(
+        f"{dc.closed.url}{PASS_THROUGH}",
+        json={**body, "messages": [{"role": "user", "content": "hi"}]},
+        headers=headers,
+    )
+    assert allowed.status_code == 200, allowed.text[:500]

@@ -11,7 +11,7 @@ from typing import Any
 import litellm
 import pytest
 from fastapi import HTTPException
-from litellm.types.guardrails import LitellmParams
+from litellm.types.guardrails import GuardrailEventHooks, LitellmParams
 from redis.asyncio import Redis
 
 from akto_hook import AktoGuardrail, metrics
@@ -107,6 +107,19 @@ def test_bad_config_fails_at_load_naming_the_key(params: dict[str, Any], expecte
     assert expected in str(caught.value)
     # Not a ValueError: LiteLLM would skip the guardrail and start the proxy unguarded.
     assert not isinstance(caught.value, ValueError | TypeError)
+
+
+@pytest.mark.parametrize(
+    ("mode", "checks_there"), [("during_call", True), (["during_call", "post_call"], True), ("post_call", False)]
+)
+def test_a_during_call_guardrail_checks_a_pass_through_request_at_pre_call(mode: Any, checks_there: bool) -> None:
+    # LiteLLM runs no during_call check on a pass-through route; unchecked there is never the answer.
+    guard = AktoGuardrail(guardrail_name="akto-guard", event_hook=mode, **GOOD)
+    passing_through = {"litellm_logging_obj": SimpleNamespace(call_type="pass_through_endpoint")}
+    chat_call = {"litellm_logging_obj": SimpleNamespace(call_type="acompletion")}
+    assert guard.should_run_guardrail(passing_through, GuardrailEventHooks.pre_call) is checks_there
+    assert guard.should_run_guardrail(chat_call, GuardrailEventHooks.pre_call) is False
+    assert guard.should_run_guardrail({}, GuardrailEventHooks.pre_call) is False
 
 
 # -- the pre-call check and the record path, against the fake Akto and a real Redis ----------------
