@@ -35,7 +35,7 @@ from .verdicts import masking, reporting
 from .verdicts.check import DEFAULT_REASON, Decision, Failure, InlineCheck, blocked_fields, fallback_passes
 from .verdicts.file_check import FileCheck, with_files
 from .verdicts.response_check import ResponseCheck
-from .views import capture, mcp
+from .views import capture, mcp, pass_through
 
 log = logging.getLogger("akto_hook")
 
@@ -73,7 +73,7 @@ def _unbuilt(exc: Exception, data: Mapping[str, Any]) -> Failure:
 def _on_pass_through(data: Any) -> bool:
     """Whether ``data`` is a pass-through request: LiteLLM's logging object in it says so."""
     logging_obj = data.get("litellm_logging_obj") if isinstance(data, Mapping) else None
-    return capture.is_pass_through(getattr(logging_obj, "call_type", None))
+    return pass_through.is_pass_through(getattr(logging_obj, "call_type", None))
 
 
 class AktoGuardrail(CustomGuardrail):
@@ -197,8 +197,14 @@ class AktoGuardrail(CustomGuardrail):
             )
         if not self.should_run_guardrail(data=data, event_type=GuardrailEventHooks.pre_call):
             return data
-        if capture.is_pass_through(call_type):
-            return await self._checked(data, build=lambda: capture.from_pass_through(data, "block"))
+        if pass_through.is_pass_through(call_type):
+            try:
+                parts = await pass_through.forwarded(pass_through.forwarded_request())
+            except views.Unreadable as exc:
+                failure = Failure("unreadable_request", str(exc))
+                self._report_fallback(data, failure, time.time(), during_call=False)
+                return self._unchecked(str(data.get("litellm_call_id")), failure, data)
+            return await self._checked(data, build=lambda: pass_through.from_pass_through(data, "block", parts))
         return await self._checked(data)
 
     async def async_moderation_hook(self, data: dict[str, Any], user_api_key_dict: Any, call_type: Any) -> Any:

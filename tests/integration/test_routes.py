@@ -430,11 +430,30 @@ def test_a_credential_in_a_body_reaches_neither_akto_nor_the_record(
     assert any("[redacted]" in r["body"]["requestPayload"] for r in seen)
 
 
-def test_a_form_on_a_pass_through_route_is_unreadable_not_passed_unseen(routes: Routes) -> None:
-    # LiteLLM hands guardrails {} for a multipart form on a pass-through route and forwards the form.
-    response = post(routes, PASS_THROUGH, files={"f": ("a.txt", INJECTION.encode())}, data={"prompt": INJECTION})
-    assert response.status_code == 503, response.text[:500]
+def test_a_form_on_a_pass_through_route_is_checked_whole(routes: Routes) -> None:
+    # LiteLLM shows guardrails {} for a form on a pass-through route and forwards the form as it came.
+    for form in ({"data": {"prompt": INJECTION}}, {"files": {"f": ("notes.txt", INJECTION.encode())}}):
+        response = post(routes, PASS_THROUGH, **form)
+        assert response.status_code == 400, response.text[:500]
+        assert REASON in response.text
+    assert INJECTION not in json.dumps(routes.llm.requests())
+    marker = uuid.uuid4().hex
+    post(routes, PASS_THROUGH, data={"prompt": f"hello {marker}"}, files={"f": ("a.txt", b"fine")})
+    assert marker in json.dumps(routes.llm.requests()), "a form the check passed is forwarded whole"
+
+
+def test_a_query_string_on_a_pass_through_route_is_checked(routes: Routes) -> None:
+    response = httpx.post(
+        f"{routes.proxy.url}{PASS_THROUGH}",
+        params={"q": INJECTION, "key": SECRET},
+        json={"model": "fake-model", "messages": [user("hi")]},
+        headers={"Authorization": f"Bearer {MASTER_KEY}"},
+        timeout=60,
+    )
+    assert response.status_code == 400, response.text[:500]
     assert routes.llm.requests() == []
+    checked = json.dumps([r["body"] for r in routes.akto.records()])
+    assert INJECTION in checked and SECRET not in checked, "the query is checked, its credential redacted"
 
 
 @pytest.mark.parametrize(

@@ -44,10 +44,19 @@ BOOKKEEPING = frozenset(
         "litellm_disabled_callbacks",
     }
 )
-# LiteLLM's live objects (its logging object, HTTP session, caller's auth, trace span): left out as
-# objects only. A client's JSON under one of these names is content: LiteLLM forwards an unknown key
-# to the provider on chat, and a pass-through route sends the client's body on as it came.
-LIVE_OBJECTS = frozenset({"litellm_logging_obj", "shared_session", "user_api_key_dict", "litellm_parent_otel_span"})
+# LiteLLM's live objects (its logging object, HTTP session, caller's auth, trace span, the enum member
+# that marks a streamed request): left out as objects only. A client's JSON under one of these names
+# is content: LiteLLM forwards an unknown key to the provider on chat, and a pass-through route sends
+# the client's body on as it came.
+LIVE_OBJECTS = frozenset(
+    {
+        "litellm_logging_obj",
+        "shared_session",
+        "user_api_key_dict",
+        "litellm_parent_otel_span",
+        "litellm_server_streaming_classification",
+    }
+)
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _JSON = _SCALARS | {dict, list}

@@ -100,31 +100,6 @@ def from_request(data: Mapping[str, Any], mode: OnFlagged, *, strict: bool = Tru
     return Record(**base)
 
 
-PASS_THROUGH = "pass_through_endpoint"
-
-
-def is_pass_through(call_type: Any) -> bool:
-    """True for a request on one of the proxy's ``pass_through_endpoints``."""
-    return str(getattr(call_type, "value", call_type)) == PASS_THROUGH
-
-
-def from_pass_through(data: Mapping[str, Any], mode: OnFlagged) -> Record:
-    """:func:`from_request` for a pass-through route, where an empty body is not a clean one.
-
-    LiteLLM hands guardrails ``{}`` for a ``multipart/form-data`` request on such a route and then
-    forwards the form as it came, with nothing in ``data`` that tells it apart from an empty body; a
-    GET's query string is forwarded unseen too. What the guardrail cannot see is not checked, so it is
-    unreadable (``unreachable_fallback`` decides), never a pass.
-    """
-    record = from_request(data, mode)
-    if not record.request_body:
-        raise views.Unreadable(
-            "LiteLLM gave the guardrail no body for this pass-through request (a multipart form, or a "
-            "request whose content is in its URL); what the route forwards cannot be checked"
-        )
-    return record
-
-
 def _from_log(kwargs: Mapping[str, Any], mode: OnFlagged) -> dict[str, Any]:
     params = as_dict(kwargs.get("litellm_params"))
     slo = as_dict(kwargs.get("standard_logging_object"))
