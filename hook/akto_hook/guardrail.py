@@ -71,9 +71,14 @@ def _unbuilt(exc: Exception, data: Mapping[str, Any]) -> Failure:
 
 
 def _on_pass_through(data: Any) -> bool:
-    """Whether ``data`` is a pass-through request: LiteLLM's logging object in it says so."""
-    logging_obj = data.get("litellm_logging_obj") if isinstance(data, Mapping) else None
-    return pass_through.is_pass_through(getattr(logging_obj, "call_type", None))
+    """Whether ``data`` is a pass-through request: LiteLLM's logging object in it says so, or it is the
+    streaming marker alone, all LiteLLM gives guardrails of a WebSocket pass-through."""
+    if not isinstance(data, Mapping):
+        return False
+    logging_obj = data.get("litellm_logging_obj")
+    return pass_through.is_pass_through(getattr(logging_obj, "call_type", None)) or set(data) == {
+        pass_through.WEBSOCKET_MARKER
+    }
 
 
 class AktoGuardrail(CustomGuardrail):

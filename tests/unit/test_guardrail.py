@@ -118,6 +118,8 @@ def test_a_during_call_guardrail_checks_a_pass_through_request_at_pre_call(mode:
     passing_through = {"litellm_logging_obj": SimpleNamespace(call_type="pass_through_endpoint")}
     chat_call = {"litellm_logging_obj": SimpleNamespace(call_type="acompletion")}
     assert guard.should_run_guardrail(passing_through, GuardrailEventHooks.pre_call) is checks_there
+    websocket = {"litellm_server_streaming_classification": "litellm-server-streaming"}  # all a WebSocket shows
+    assert guard.should_run_guardrail(websocket, GuardrailEventHooks.pre_call) is checks_there
     assert guard.should_run_guardrail(chat_call, GuardrailEventHooks.pre_call) is False
     assert guard.should_run_guardrail({}, GuardrailEventHooks.pre_call) is False
 

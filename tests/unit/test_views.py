@@ -325,7 +325,17 @@ def test_values_that_are_not_json_are_read_or_refused_never_skipped() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [{"prompt": [9906, 1917]}, {"prompt": [[9906], [1917, 0]]}, {"input": [[1, 2], [3]]}, {"model": "m", "input": [7]}],
+    [
+        {"prompt": [9906, 1917]},
+        {"prompt": [[9906], [1917, 0]]},
+        {"input": [[1, 2], [3]]},
+        {"model": "m", "input": [7]},
+        {"prompt": [[15339.0, 1917.0]]},
+        {"prompt": [True, False]},
+        {"input": [[1, 2], []]},
+        {"input": [15339, "x"]},
+        {"prompt": [[[1, 2]]]},
+    ],
 )
 def test_token_ids_in_place_of_a_prompt_are_unreadable(body: dict[str, Any]) -> None:
     # Their text depends on the model's tokenizer: the check cannot say what the model will read.
@@ -337,7 +347,7 @@ def test_token_ids_in_place_of_a_prompt_are_unreadable(body: dict[str, Any]) -> 
 
 @pytest.mark.parametrize(
     "body",
-    [{"prompt": ["a", "b"]}, {"input": []}, {"input": [[]]}, {"input": [1, "x"]}, {"input": [True]}, {"n": [1, 2]}],
+    [{"prompt": ["a", "b"]}, {"input": []}, {"input": [[]]}, {"input": [["a"], "b"]}, {"n": [1, 2]}, {"input": 3}],
 )
 def test_text_and_numbers_that_are_not_token_ids_are_read(body: dict[str, Any]) -> None:
     assert views.request_body(body) == body

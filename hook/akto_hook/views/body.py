@@ -105,11 +105,16 @@ TOKEN_FIELDS = ("prompt", "input")
 
 
 def _token_ids(value: Any) -> bool:
-    """Whether ``value`` is token ids: a non-empty list of integers, or of non-empty lists of them."""
-    if not isinstance(value, list) or not value:
-        return False
-    rows = value if all(type(item) is list for item in value) else [value]
-    return all(row and all(type(item) is int for item in row) for row in rows)
+    """Whether ``value`` is token ids: a list holding a number at any depth of lists. Floats and
+    booleans count: a lax server turns ``15339.0`` and ``true`` into token ids."""
+    stack = [value] if isinstance(value, list) else []
+    while stack:
+        for item in stack.pop():
+            if isinstance(item, list):
+                stack.append(item)
+            elif isinstance(item, int | float):
+                return True
+    return False
 
 
 def cleaned(value: Any, *, strict: bool = True) -> Any:

@@ -24,6 +24,8 @@ from .capture import from_request
 from .redact import REDACTED
 
 CALL_TYPE = "pass_through_endpoint"
+# The one key of what LiteLLM gives guardrails for a WebSocket pass-through: its streaming marker.
+WEBSOCKET_MARKER = "litellm_server_streaming_classification"
 # LiteLLM's function that forwards a pass-through request; its request argument is ``request``.
 FORWARDER = "pass_through_request"
 # Content types whose body LiteLLM forwards as a form rather than JSON.
