@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from akto_hook import litellm_version
 from tests.stack import (
@@ -64,6 +65,19 @@ def callback_reference(config_dir: Path) -> str:
     return "akto_callbacks.akto_callback"
 
 
+# A pass-through route on the block proxy; LiteLLM forwards what passes to the fake Akto's stats page.
+PASS_THROUGH = "/native/forward"
+
+
+def with_pass_through(config: str, target: str) -> str:
+    loaded = yaml.safe_load(config)
+    loaded.setdefault("general_settings", {})["pass_through_endpoints"] = [
+        # No ``auth``: 1.81 takes it only with an Enterprise licence.
+        {"path": PASS_THROUGH, "target": target, "guardrails": {"akto-guard": None}}
+    ]
+    return str(yaml.safe_dump(loaded))
+
+
 @dataclass
 class CompatStack:
     log_dir: Path
@@ -87,8 +101,11 @@ def stack(log_dir: Path) -> Iterator[CompatStack]:
     akto_proc, akto = start_fake_akto(log_dir)
     redis = new_redis(log_dir)
     configs = {
-        # The defaults under test: fail_closed, 5 s.
-        "block": litellm_config(BLOCK_EXAMPLE, drop=("unreachable_fallback", "guardrail_timeout"), extra=reference),
+        # The defaults under test: fail_closed, 5 s; and a pass-through route that names the guardrail.
+        "block": with_pass_through(
+            litellm_config(BLOCK_EXAMPLE, drop=("unreachable_fallback", "guardrail_timeout"), extra=reference),
+            f"{akto.url}/_admin/stats",
+        ),
         "monitor": litellm_config(MONITOR_EXAMPLE, extra=reference),
         # The shipped callback example: success_callback and failure_callback.
         "callback": litellm_config(
