@@ -75,10 +75,9 @@ def _on_pass_through(data: Any) -> bool:
     streaming marker alone, all LiteLLM gives guardrails of a WebSocket pass-through."""
     if not isinstance(data, Mapping):
         return False
-    logging_obj = data.get("litellm_logging_obj")
-    return pass_through.is_pass_through(getattr(logging_obj, "call_type", None)) or set(data) == {
-        pass_through.WEBSOCKET_MARKER
-    }
+    if len(data) == 1 and pass_through.WEBSOCKET_MARKER in data:
+        return True
+    return pass_through.is_pass_through(getattr(data.get("litellm_logging_obj"), "call_type", None))
 
 
 class AktoGuardrail(CustomGuardrail):
@@ -206,9 +205,12 @@ class AktoGuardrail(CustomGuardrail):
             try:
                 parts = await pass_through.forwarded(pass_through.forwarded_request())
             except views.Unreadable as exc:
-                failure = Failure("unreadable_request", str(exc))
-                self._report_fallback(data, failure, time.time(), during_call=False)
-                return self._unchecked(str(data.get("litellm_call_id")), failure, data)
+                unreadable = exc  # raised from the build, where every check that cannot be built fails
+
+                def unbuildable() -> Record:
+                    raise unreadable
+
+                return await self._checked(data, build=unbuildable)
             return await self._checked(data, build=lambda: pass_through.from_pass_through(data, "block", parts))
         return await self._checked(data)
 

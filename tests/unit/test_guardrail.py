@@ -13,10 +13,11 @@ import pytest
 from fastapi import HTTPException
 from litellm.types.guardrails import GuardrailEventHooks, LitellmParams
 from redis.asyncio import Redis
+from starlette.requests import Request
 
 from akto_hook import AktoGuardrail, metrics
 from akto_hook.verdicts import reporting
-from akto_hook.views import capture
+from akto_hook.views import capture, pass_through
 from akto_ingest.errors import ConfigError
 from akto_ingest.queue import inbox_key
 from akto_ingest.record import Record
@@ -341,6 +342,37 @@ async def test_a_pass_through_request_litellm_shows_no_body_of_is_unreadable_not
         await guard.async_pre_call_hook(None, None, body, "pass_through_endpoint")
     assert blocked.value.status_code == 400
     assert INJECTION in fake_akto.records[0].body["requestPayload"]
+
+
+async def test_a_pass_through_form_that_cannot_be_read_gets_the_fallback_naming_it(
+    live: Callable[..., Awaitable[AktoGuardrail]], fake_akto: FakeAkto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guard = await live()
+    broken = unreadable_form_request()
+    monkeypatch.setattr(pass_through, "forwarded_request", lambda: broken)
+    before = fallbacks("fail_closed", "unreadable_request")
+    with pytest.raises(HTTPException) as refused:
+        await guard.async_pre_call_hook(None, None, {"litellm_call_id": "f"}, "pass_through_endpoint")
+    assert refused.value.status_code == 503
+    assert "the pass-through request's form cannot be read" in refused.value.detail
+    assert fallbacks("fail_closed", "unreadable_request") == before + 1
+    assert not fake_akto.records
+
+
+def unreadable_form_request() -> Request:
+    """A multipart request without a boundary: Starlette cannot parse its form."""
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "query_string": b"",
+        "headers": [(b"content-type", b"multipart/form-data")],
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"--x\r\nnot a part", "more_body": False}
+
+    return Request(scope, receive)
 
 
 # -- verdict details and what LiteLLM is told ------------------------------------------------------
